@@ -1,0 +1,364 @@
+"""The wire format: requests and replies as Faust's agents write them.
+
+Request, header mode (Faust's default): value = the serialized value; headers
+``Faust-Ag-ReplyTo`` and ``Faust-Ag-CorrelationId`` (UTF-8).
+
+Request, envelope mode (older Faust): value = a JSON ``@ReqRepRequest``
+object holding ``value``, ``reply_to`` and ``correlation_id``.
+
+Reply: key null; value = a JSON ``@ReqRepResponse`` object holding ``key``
+(the request key, echoed as text), ``value`` and ``correlation_id``. Faust
+reads no reply headers, so this library marks its additions with headers of
+its own: an error reply, a reply that more replies follow, the end of a
+stream, and a request's deadline.
+
+Pure functions and plain data only: nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from replies.core.table import Reply
+from replies.errors import DecodeError, RemoteError
+
+__all__ = [
+    "Headers",
+    "Message",
+    "Request",
+    "Codec",
+    "HEADER_REPLY_TO",
+    "HEADER_CORRELATION_ID",
+    "HEADER_ERROR",
+    "HEADER_MORE",
+    "HEADER_END",
+    "HEADER_DEADLINE",
+    "REQUEST_MODES",
+]
+
+Headers = List[Tuple[str, bytes]]
+
+HEADER_REPLY_TO = "Faust-Ag-ReplyTo"
+HEADER_CORRELATION_ID = "Faust-Ag-CorrelationId"
+HEADER_ERROR = "Replies-Error"
+HEADER_MORE = "Replies-More"
+HEADER_END = "Replies-End"
+HEADER_DEADLINE = "Replies-Deadline"
+
+NS_REQUEST = "@ReqRepRequest"
+NS_RESPONSE = "@ReqRepResponse"
+
+#: ``"headers"``: Faust >= 1.10's form; ``"envelope"``: older Faust's.
+REQUEST_MODES = ("headers", "envelope")
+VALUE_SERIALIZERS = ("json", "raw")
+
+
+class Message(NamedTuple):
+    """A record to produce: key, value and headers, all encoded."""
+
+    key: Optional[bytes]
+    value: Optional[bytes]
+    headers: Headers
+
+
+class Request(NamedTuple):
+    """A decoded request, as an agent sees it."""
+
+    value: Any
+    key: Optional[bytes]
+    #: Where to reply; ``None`` for a request nobody waits for (a cast).
+    reply_to: Optional[str]
+    correlation_id: Optional[str]
+    #: ``time.time()`` after which nobody waits for the reply, if known.
+    deadline: Optional[float]
+
+
+def _header(headers: Sequence[Tuple[str, Optional[bytes]]], name: str) -> Optional[bytes]:
+    for key, value in headers:
+        if key == name:
+            return value if value is not None else b""
+    return None
+
+
+def _text(raw: Optional[bytes], what: str) -> Optional[str]:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"{what} header is not UTF-8: {raw!r}") from exc
+
+
+def echo_key(key: Optional[bytes]) -> Optional[str]:
+    """The request key as a reply echoes it: text, or ``None``."""
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(key)
+
+
+class Codec:
+    """Encodes and decodes requests and replies.
+
+    Args:
+        value_serializer: ``"json"`` (the default, as in Faust) or ``"raw"``
+            (values are ``bytes`` and pass through; only for header-mode
+            requests, since envelopes and replies are JSON).
+        json_object_hook: called with every JSON object decoded from a value
+            (as :func:`json.loads`'s ``object_hook``), e.g. to turn Faust
+            ``Record`` dicts (which carry ``"__faust": {"ns": ...}``) into
+            your own types. By default they stay plain dicts.
+        json_default: called for objects :mod:`json` cannot encode (as
+            :func:`json.dumps`'s ``default``).
+        request_mode: ``"headers"`` or ``"envelope"``.
+
+    Raises:
+        ValueError: an unknown serializer or request mode.
+    """
+
+    def __init__(
+        self,
+        *,
+        value_serializer: str = "json",
+        json_object_hook: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        json_default: Optional[Callable[[Any], Any]] = None,
+        request_mode: str = "headers",
+    ) -> None:
+        if value_serializer not in VALUE_SERIALIZERS:
+            raise ValueError(
+                f"value_serializer must be one of {VALUE_SERIALIZERS}, not {value_serializer!r}"
+            )
+        if request_mode not in REQUEST_MODES:
+            raise ValueError(f"request_mode must be one of {REQUEST_MODES}, not {request_mode!r}")
+        if request_mode == "envelope" and value_serializer != "json":
+            raise ValueError("envelope requests are JSON: use value_serializer='json'")
+        self.value_serializer = value_serializer
+        self.request_mode = request_mode
+        self._object_hook = json_object_hook
+        self._json_default = json_default
+
+    # -- values and keys ------------------------------------------------
+
+    def dumps(self, obj: Any) -> bytes:
+        """JSON-encode ``obj`` compactly, as Faust writes it."""
+        try:
+            text = json.dumps(obj, separators=(",", ":"), default=self._json_default)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"cannot encode {type(obj).__name__} value as JSON: {exc} "
+                "(pass json_default= to the App to encode such values)"
+            ) from exc
+        return text.encode("utf-8")
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        """Decode JSON bytes as they are (no object hook).
+
+        Raises:
+            DecodeError: not valid UTF-8 JSON.
+        """
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DecodeError(f"not valid JSON: {data[:80]!r}") from exc
+
+    def _hook(self, obj: Any) -> Any:
+        """Apply the object hook to every dict in ``obj``, innermost first.
+
+        Only user values get the hook, never the envelope around them.
+        """
+        if self._object_hook is None:
+            return obj
+        if isinstance(obj, list):
+            return [self._hook(item) for item in obj]
+        if isinstance(obj, dict):
+            return self._object_hook({k: self._hook(v) for k, v in obj.items()})
+        return obj
+
+    def encode_value(self, value: Any) -> Optional[bytes]:
+        """Serialize a request value with the value serializer."""
+        if self.value_serializer == "raw":
+            if value is None or isinstance(value, bytes):
+                return value
+            raise TypeError(f"raw values must be bytes or None, not {type(value).__name__}")
+        return self.dumps(value)
+
+    def decode_value(self, data: Optional[bytes]) -> Any:
+        """Deserialize a request value with the value serializer."""
+        if self.value_serializer == "raw" or data is None:
+            return data
+        return self._hook(self.loads(data))
+
+    @staticmethod
+    def encode_key(key: Any) -> Optional[bytes]:
+        """Encode a Kafka key: bytes pass, text is UTF-8, others are JSON."""
+        if key is None or isinstance(key, bytes):
+            return key
+        if isinstance(key, str):
+            return key.encode("utf-8")
+        return json.dumps(key, separators=(",", ":")).encode("utf-8")
+
+    # -- requests -------------------------------------------------------
+
+    def encode_request(
+        self,
+        value: Any,
+        *,
+        key: Any = None,
+        reply_to: Optional[str] = None,
+        correlation_id: Optional[str] = None,
+        deadline: Optional[float] = None,
+    ) -> Message:
+        """Build a request record; without ``reply_to`` it is a cast.
+
+        Args:
+            deadline: ``time.time()`` after which the caller stops waiting;
+                sent in a header so agents can skip stale work.
+        """
+        headers: Headers = []
+        payload: Optional[bytes]
+        if reply_to is not None and correlation_id is not None and self.request_mode == "envelope":
+            envelope = {
+                "value": value,
+                "reply_to": reply_to,
+                "correlation_id": correlation_id,
+                "__faust": {"ns": NS_REQUEST},
+            }
+            payload = self.dumps(envelope)
+        else:
+            payload = self.encode_value(value)
+            if reply_to is not None and correlation_id is not None:
+                headers += [
+                    (HEADER_REPLY_TO, reply_to.encode("utf-8")),
+                    (HEADER_CORRELATION_ID, correlation_id.encode("utf-8")),
+                ]
+        if deadline is not None:
+            headers.append((HEADER_DEADLINE, repr(float(deadline)).encode("ascii")))
+        return Message(self.encode_key(key), payload, headers)
+
+    def decode_request(
+        self, key: Optional[bytes], value: Optional[bytes], headers: Headers
+    ) -> Request:
+        """Read a request in either mode.
+
+        Raises:
+            DecodeError: the value or a header cannot be decoded. The error's
+                ``request`` attribute holds what could be read (reply topic
+                and correlation id from headers), so an agent can still send
+                an error reply.
+        """
+        reply_to = _text(_header(headers, HEADER_REPLY_TO), HEADER_REPLY_TO)
+        correlation_id = _text(_header(headers, HEADER_CORRELATION_ID), HEADER_CORRELATION_ID)
+        deadline = _deadline_of(headers)
+        try:
+            if self.value_serializer == "raw" or value is None:
+                return Request(value, key, reply_to, correlation_id, deadline)
+            decoded = self.loads(value)
+        except DecodeError as exc:
+            exc.request = Request(None, key, reply_to, correlation_id, deadline)
+            raise
+        if reply_to is None and _is_ns(decoded, NS_REQUEST):
+            return Request(
+                self._hook(decoded.get("value")),
+                key,
+                decoded.get("reply_to") or None,
+                decoded.get("correlation_id") or None,
+                deadline,
+            )
+        return Request(self._hook(decoded), key, reply_to, correlation_id, deadline)
+
+    # -- replies --------------------------------------------------------
+
+    def encode_reply(
+        self,
+        correlation_id: str,
+        value: Any,
+        *,
+        key: Optional[bytes] = None,
+        more: bool = False,
+        end: bool = False,
+        error: Optional[RemoteError] = None,
+    ) -> Message:
+        """Build a reply record (``@ReqRepResponse``).
+
+        Args:
+            key: the request's key, echoed in the body.
+            more: further replies to the same request follow.
+            end: an end-of-stream marker (value null).
+            error: the handler raised; the body's value describes it.
+        """
+        headers: Headers = []
+        if error is not None:
+            value = {
+                "type": error.type_name,
+                "message": error.message,
+                "traceback": error.remote_traceback,
+            }
+            headers.append((HEADER_ERROR, b"1"))
+        if more:
+            headers.append((HEADER_MORE, b"1"))
+        if end:
+            headers.append((HEADER_END, b"1"))
+        body = {
+            "key": echo_key(key),
+            "value": value,
+            "correlation_id": correlation_id,
+            "__faust": {"ns": NS_RESPONSE},
+        }
+        return Message(None, self.dumps(body), headers)
+
+    def decode_reply(self, value: Optional[bytes], headers: Headers) -> Reply:
+        """Read a reply record.
+
+        Raises:
+            DecodeError: not a ``@ReqRepResponse`` with a correlation id.
+        """
+        if value is None:
+            raise DecodeError("reply record has no value")
+        body = self.loads(value)
+        if not isinstance(body, dict) or not isinstance(body.get("correlation_id"), str):
+            raise DecodeError(f"not a reply (no correlation_id): {value[:80]!r}")
+        cid: str = body["correlation_id"]
+        if _header(headers, HEADER_ERROR) is not None:
+            info = body.get("value")
+            if not isinstance(info, dict):
+                info = {"type": "Exception", "message": repr(info)}
+            error = RemoteError(
+                str(info.get("type", "Exception")),
+                str(info.get("message", "")),
+                remote_traceback=info.get("traceback"),
+                correlation_id=cid,
+            )
+            return Reply(cid, None, error=error)
+        return Reply(
+            cid,
+            self._hook(body.get("value")),
+            more=_header(headers, HEADER_MORE) is not None,
+            end=_header(headers, HEADER_END) is not None,
+        )
+
+
+def _is_ns(obj: Any, namespace: str) -> bool:
+    if not isinstance(obj, dict):
+        return False
+    meta = obj.get("__faust")
+    return isinstance(meta, dict) and meta.get("ns") == namespace
+
+
+def _deadline_of(headers: Headers) -> Optional[float]:
+    raw = _header(headers, HEADER_DEADLINE)
+    if raw is None:
+        return None
+    try:
+        return float(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None  # a malformed deadline never stops a request
+
+
+def deadline_after(timeout: Optional[float]) -> Optional[float]:
+    """The wall-clock deadline (``time.time()``) for a timeout in seconds."""
+    return None if timeout is None else time.time() + timeout

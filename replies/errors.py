@@ -1,0 +1,113 @@
+"""The library's exception tree.
+
+Everything the library raises on purpose derives from :class:`ReplyError`, so
+``except replies.ReplyError`` catches all of it. Local failures (transport,
+closed client, misuse) are kept apart from :class:`RemoteError`, which means
+the remote agent ran and raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+__all__ = [
+    "ReplyError",
+    "ReplyTimeoutError",
+    "RemoteError",
+    "ClosedError",
+    "TransportError",
+    "ReplyConsumerError",
+    "DeadlockError",
+    "ForkedError",
+    "DecodeError",
+]
+
+
+class ReplyError(Exception):
+    """Root of every exception this library raises on purpose."""
+
+
+class ReplyTimeoutError(ReplyError, TimeoutError):
+    """No reply came in time. Also a builtin :class:`TimeoutError`.
+
+    Attributes:
+        correlation_id: the request that timed out, if it was a single one.
+        timeout: the timeout in seconds that ran out.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        correlation_id: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> None:
+        super().__init__(message)
+        self.correlation_id = correlation_id
+        self.timeout = timeout
+
+
+class RemoteError(ReplyError):
+    """The agent that served the request raised an exception.
+
+    Attributes:
+        type_name: the remote exception's class name, e.g. ``"ValueError"``.
+        message: ``str()`` of the remote exception.
+        remote_traceback: the formatted remote traceback, when the agent was
+            configured to send it; else ``None``.
+        correlation_id: the request this error answers.
+    """
+
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        *,
+        remote_traceback: Optional[str] = None,
+        correlation_id: Optional[str] = None,
+    ) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.correlation_id = correlation_id
+
+
+class ClosedError(ReplyError):
+    """The client was closed (or closing) before the reply came."""
+
+
+class TransportError(ReplyError):
+    """The broker or the network failed; the cause is chained."""
+
+
+class ReplyConsumerError(TransportError):
+    """The reply consumer thread died; no reply can arrive any more."""
+
+
+class DeadlockError(ReplyError, RuntimeError):
+    """A blocking wait was attempted on the thread that delivers replies.
+
+    Done-callbacks run on the reply thread; waiting there for another reply
+    would wait forever, so the library raises this instead.
+    """
+
+
+class ForkedError(ReplyError, RuntimeError):
+    """An App started in a parent process was used in a forked child.
+
+    Its threads and sockets do not exist in the child. Create and start the
+    App after the fork (for gunicorn, in a ``post_fork`` hook or lazily).
+    """
+
+
+class DecodeError(ReplyError, ValueError):
+    """A record could not be decoded as a request or a reply.
+
+    Attributes:
+        request: for a request, what could still be read of it (reply topic
+            and correlation id from its headers), so an agent can send an
+            error reply; else ``None``.
+    """
+
+    request: Any = None
