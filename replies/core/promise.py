@@ -110,7 +110,7 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
     streaming = False
 
     def __init__(
-        self, reply_to: str, correlation_id: str, *, timeout: Optional[float] = None
+        self, reply_to: str, correlation_id: str = "", *, timeout: Optional[float] = None
     ) -> None:
         super().__init__()
         self._check_correlation_id(correlation_id)
@@ -198,8 +198,11 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
             _refuse_wait_on_reply_thread("ReplyPromise.result()")
         try:
             return super().result(timeout)
-        except FutureTimeoutError:
-            if self.done():  # the outcome itself is a timeout error
+        except FutureTimeoutError as exc:
+            # The outcome itself may be a timeout error (the promise expired).
+            # Compare identities rather than asking done(): the promise may
+            # have completed just after the wait ran out.
+            if self.done() and not self.cancelled() and super().exception(0) is exc:
                 raise
             raise self._wait_timeout(timeout) from None
 
@@ -249,10 +252,24 @@ class _BufferedReplies(ReplyPromise):
         # Unbounded on purpose: replies must never be dropped because the
         # reader is slow or has not started reading yet.
         self._replies: queue.Queue[_Entry] = queue.Queue()
+        # Guards ``_ended`` and so orders puts into ``_replies``: no reply is
+        # put after the end marker, even when one races with cancel().
+        # Subclasses guard their own counters with it too.
+        self._lock = threading.Lock()
+        self._ended = False
         self.add_done_callback(self._on_done)
 
     def _on_done(self, _: Future) -> None:  # type: ignore[type-arg]
-        self._replies.put(_END)
+        with self._lock:
+            self._ended = True
+            self._replies.put(_END)
+
+    def _put_locked(self, entry: _Entry) -> bool:
+        """Buffer one reply unless the end marker is already in."""
+        if self._ended:
+            return False
+        self._replies.put(entry)
+        return True
 
     def _unpack(self, entry: _Entry) -> ReplyTuple:
         if isinstance(entry, _Failure):
@@ -340,8 +357,8 @@ class BarrierState(_BufferedReplies):
     Threading model: :meth:`add` and :meth:`finalize` are called by the
     thread that builds the barrier; :meth:`fulfill` by the reply thread,
     possibly before :meth:`finalize`; readers on any other threads.
-    ``_lock`` guards ``size``, ``total``, ``fulfilled``, the finalized flag
-    and the set of unanswered ids.
+    ``_lock`` guards ``size``, ``total``, ``fulfilled``, the finalized flag,
+    the sets of added and unanswered ids, and the end-of-replies flag.
     """
 
     def __init__(
@@ -352,12 +369,13 @@ class BarrierState(_BufferedReplies):
         timeout: Optional[float] = None,
     ) -> None:
         super().__init__(reply_to, correlation_id or str(uuid.uuid4()), timeout=timeout)
-        # Guards the counters below; never held while completing the future.
-        self._lock = threading.Lock()
+        # ``_lock`` (from the base class) also guards the fields below; it is
+        # never held while completing the future.
         self.size = 0
         self.total = 0
         self.fulfilled = 0
         self.pending: List[ReplyPromise] = []
+        self._added: Set[str] = set()
         self._unanswered: Set[str] = set()
         self._finalized = False
 
@@ -371,8 +389,9 @@ class BarrierState(_BufferedReplies):
         with self._lock:
             if self._finalized:
                 raise RuntimeError("cannot add to a finalized BarrierState")
-            if promise.correlation_id in self._unanswered:
+            if promise.correlation_id in self._added:
                 raise ValueError(f"correlation id {promise.correlation_id} added twice")
+            self._added.add(promise.correlation_id)
             self._unanswered.add(promise.correlation_id)
             self.pending.append(promise)
             self.size += 1
@@ -390,9 +409,10 @@ class BarrierState(_BufferedReplies):
         with self._lock:
             if correlation_id not in self._unanswered:
                 return False  # a duplicate, or not one of ours
+            if not self._put_locked(entry):
+                return False  # lost a race with cancel(), close or expiry
             self._unanswered.discard(correlation_id)
             self.fulfilled += 1
-            self._replies.put(entry)
             complete = self._finalized and self.fulfilled == self.total
         if complete:
             self._complete()
@@ -444,7 +464,9 @@ class ReplyStream(_BufferedReplies):
         self._check_own(correlation_id)
         if self.done():
             return False
-        self._replies.put(ReplyTuple(correlation_id, value))
+        with self._lock:
+            if not self._put_locked(ReplyTuple(correlation_id, value)):
+                return False
         if not more:
             self.end(correlation_id)
         return True

@@ -1,0 +1,76 @@
+"""Agents: functions that serve requests, and the handles that ask them."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from replies.topic import Topic
+
+if TYPE_CHECKING:
+    from replies.app import App
+
+__all__ = ["Agent"]
+
+
+class Agent(Topic):
+    """A handler registered with ``@app.agent()``; ask it like a topic.
+
+    The handler gets each request's decoded value (and its Kafka key as
+    ``key=`` if it takes a ``key`` parameter); its return value is the
+    reply. A generator handler streams: each yielded value is a reply to
+    the same request. Calling the agent object calls the handler directly.
+
+    Attributes:
+        name: the agent's name (the function's name by default).
+        topic_name: the request topic, ``f"{app.id}-{name}"`` by default.
+        group_id: the consumer group of its workers, ``f"{app.id}-{name}"``.
+        concurrency: how many requests one process handles at once.
+        partitions: partitions of its topic when this library creates it.
+    """
+
+    def __init__(
+        self,
+        app: "App",
+        function: Callable[..., Any],
+        *,
+        name: Optional[str] = None,
+        topic: Optional[str] = None,
+        concurrency: int = 1,
+        partitions: Optional[int] = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, not {concurrency}")
+        if partitions is not None and partitions < 1:
+            raise ValueError(f"partitions must be >= 1, not {partitions}")
+        self.name = name or function.__name__
+        super().__init__(app, topic or f"{app.id}-{self.name}")
+        self.function = function
+        self.group_id = f"{app.id}-{self.name}"
+        self.concurrency = concurrency
+        self.partitions = partitions
+        self.is_generator = inspect.isgeneratorfunction(function)
+        self._pass_key = accepts_key(function)
+        self.__doc__ = function.__doc__
+
+    def invoke(self, value: Any, key: Optional[bytes]) -> Any:
+        """Run the handler on one request, as a worker does."""
+        if self._pass_key:
+            return self.function(value, key=key)
+        return self.function(value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+
+def accepts_key(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` takes a ``key`` keyword (or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.name == "key" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )

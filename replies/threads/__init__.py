@@ -1,0 +1,1 @@
+"""The threads layer: the reply consumer thread and the agent workers."""

@@ -1,0 +1,316 @@
+"""Serving one agent: a consumer-group member and a bounded pool of handlers.
+
+Theory of operation
+-------------------
+The poll thread ``replies-agent-<name>-N`` owns the group reader. Records
+it polls go to a backlog; it hands them to the handler pool only while
+fewer than ``concurrency`` are in flight, and pauses the reader while the
+backlog is not empty, so it keeps polling (and stays in the group) however
+slow the handlers are, and memory stays bounded by one poll's records.
+
+A handler thread decodes the request, runs the user's function, sends the
+reply (or an error reply) and waits for the broker's acknowledgement; only
+then does it report the record done. The poll thread commits, per
+partition, the offset after the longest run of done records from the
+start: at least once, a crash replays and never skips.
+
+When partitions are revoked, the poll thread (inside ``poll()``) waits for
+their in-flight records, commits, and drops their backlog: the new owner
+reads those from the committed offset. Stopping does the same for all
+partitions after handling the backlog, then leaves the group.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import itertools
+import logging
+import queue
+import threading
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Collection,
+    Deque,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    OrderedDict,
+    Tuple,
+)
+
+from replies.core.codec import Request
+from replies.errors import DecodeError, RemoteError, TransportError
+from replies.transport.base import GroupReader, Record, TopicPartition
+
+if TYPE_CHECKING:
+    from replies.agent import Agent
+    from replies.app import App
+
+__all__ = ["AgentWorker"]
+
+_worker_ids = itertools.count(1)
+
+POLL_INTERVAL = 0.1
+
+
+class AgentWorker:
+    """Consumes one agent's requests and replies to them.
+
+    Threading model: :meth:`start` starts the poll thread, which alone uses
+    the group reader and the per-partition bookkeeping; ``concurrency``
+    handler threads (``replies-handler-<name>-N``) run the user's function
+    and send replies through the App's thread-safe transport, then report
+    back on the ``_done`` queue. :meth:`stop` may be called from any
+    thread.
+
+    Args:
+        app: the App whose transport and codec to use.
+        agent: the agent to serve.
+    """
+
+    def __init__(self, app: "App", agent: "Agent") -> None:
+        self.app = app
+        self.agent = agent
+        self.logger = logging.getLogger(f"replies.agent.{agent.name}")
+        self._stopping = threading.Event()
+        # (topic, partition, offset, ok) of each finished record.
+        self._done: queue.Queue[Tuple[str, int, int, bool]] = queue.Queue()
+        self._pool = ThreadPoolExecutor(
+            max_workers=agent.concurrency,
+            thread_name_prefix=f"replies-handler-{agent.name}",
+        )
+        # Poll-thread state: offsets in flight or in the backlog, per
+        # partition, in order, with whether each is done.
+        self._outstanding: Dict[TopicPartition, OrderedDict[int, bool]] = {}
+        self._backlog: Deque[Record] = collections.deque()
+        self._in_flight = 0
+        self._failed: Optional[str] = None
+        self._thread = threading.Thread(
+            target=self._run_poller,
+            name=f"replies-agent-{agent.name}-{next(_worker_ids)}",
+            daemon=True,
+        )
+        self.error: Optional[BaseException] = None
+
+    def start(self) -> None:
+        """Join the consumer group and start polling. Does not block."""
+        self._reader = self.app.transport.group_reader(
+            self.agent.topic_name,
+            self.agent.group_id,
+            on_revoke=self._on_revoke,
+            max_records=max(1, 2 * self.agent.concurrency),
+        )
+        self._thread.start()
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Finish consumed requests, commit, and leave the group.
+
+        Blocks until done, at most ``timeout`` seconds.
+        """
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the poll thread runs."""
+        return self._thread.is_alive()
+
+    # -- the poll thread --------------------------------------------------
+
+    def _run_poller(self) -> None:
+        try:
+            while not self._stopping.is_set() and self._failed is None:
+                self._collect_done()
+                self._dispatch_backlog()
+                if self._backlog:
+                    self._reader.pause()
+                records = self._reader.poll(POLL_INTERVAL)
+                if not self._backlog:
+                    self._reader.resume()
+                for record in records:
+                    self._outstanding.setdefault(
+                        (record.topic, record.partition), collections.OrderedDict()
+                    )[record.offset] = False
+                    self._backlog.append(record)
+            self._drain(self._outstanding.keys(), finish_backlog=self._failed is None)
+        except BaseException as exc:
+            self.error = exc
+            self.logger.exception("agent %s stopped by an error", self.agent.name)
+        finally:
+            try:
+                self._reader.close()
+            finally:
+                self._pool.shutdown(wait=True)
+        if self._failed is not None:
+            self.logger.error("agent %s stopped: %s", self.agent.name, self._failed)
+
+    def _dispatch_backlog(self) -> None:
+        while self._backlog and self._in_flight < self.agent.concurrency:
+            record = self._backlog.popleft()
+            self._in_flight += 1
+            self._pool.submit(self._handle, record)
+
+    def _collect_done(self, block: float = 0.0) -> None:
+        """Take finished records off the done queue and commit progress."""
+        try:
+            item = self._done.get(timeout=block) if block else self._done.get_nowait()
+        except queue.Empty:
+            return
+        progressed: Dict[TopicPartition, int] = {}
+        while True:
+            topic, partition, offset, ok = item
+            self._in_flight -= 1
+            if not ok:
+                self._failed = f"the reply to {topic}[{partition}]@{offset} could not be sent"
+            else:
+                marks = self._outstanding.get((topic, partition))
+                if marks is not None and offset in marks:
+                    marks[offset] = True
+                    while marks:
+                        first = next(iter(marks))
+                        if not marks[first]:
+                            break
+                        del marks[first]
+                        progressed[(topic, partition)] = first + 1
+            try:
+                item = self._done.get_nowait()
+            except queue.Empty:
+                break
+        if progressed:
+            self._commit(progressed)
+
+    def _commit(self, offsets: Dict[TopicPartition, int]) -> None:
+        try:
+            self._reader.commit(offsets)
+        except TransportError as exc:
+            # The partition moved to another member: it replays from the
+            # last commit, and callers ignore duplicate replies.
+            self.logger.warning("commit failed, records may be served again: %s", exc)
+
+    def _drain(self, partitions: Collection[TopicPartition], *, finish_backlog: bool) -> None:
+        """Wait until ``partitions`` have nothing in flight, then forget them.
+
+        Args:
+            finish_backlog: handle their backlog too (stopping); otherwise
+                drop it (revocation: the next owner reads it again).
+        """
+        wanted = set(partitions)
+        if not finish_backlog:
+            kept: Deque[Record] = collections.deque()
+            for record in self._backlog:
+                tp = (record.topic, record.partition)
+                if tp in wanted:
+                    self._outstanding[tp].pop(record.offset, None)
+                else:
+                    kept.append(record)
+            self._backlog = kept
+        deadline = time.monotonic() + self.app.shutdown_timeout
+        while time.monotonic() < deadline:
+            self._dispatch_backlog()
+            if not any(self._outstanding.get(tp) for tp in wanted):
+                break
+            self._collect_done(block=POLL_INTERVAL)
+        for tp in wanted:
+            self._outstanding.pop(tp, None)
+
+    def _on_revoke(self, partitions: Collection[TopicPartition]) -> None:
+        # Runs on the poll thread, inside poll().
+        self.logger.debug("partitions revoked: %s", sorted(partitions))
+        self._drain(partitions, finish_backlog=False)
+
+    # -- handler threads ----------------------------------------------------
+
+    def _handle(self, record: Record) -> None:
+        ok = True
+        try:
+            ok = self._serve(record)
+        except BaseException:
+            self.logger.exception("unexpected error serving %s", _where(record))
+        finally:
+            self._done.put((record.topic, record.partition, record.offset, ok))
+
+    def _serve(self, record: Record) -> bool:
+        """Run the handler for one record and send its replies.
+
+        Returns:
+            False if a reply could not be sent (the record must not be
+            committed); True otherwise.
+        """
+        app = self.app
+        try:
+            request = app.codec.decode_request(record.key, record.value, record.headers)
+        except DecodeError as exc:
+            partial: Optional[Request] = exc.request
+            self.logger.warning("undecodable request at %s: %s", _where(record), exc)
+            if partial is None:
+                return True
+            return self._acknowledged(self._reply(partial, None, error=exc))
+        if request.deadline is not None and time.time() > request.deadline:
+            self.logger.debug(
+                "skipping request %s at %s: its caller stopped waiting %.3f s ago",
+                request.correlation_id,
+                _where(record),
+                time.time() - request.deadline,
+            )
+            return True
+        acks: List[Future[None]] = []
+        try:
+            result = self.agent.invoke(request.value, request.key)
+            if inspect.isgenerator(result):
+                for value in result:  # each yielded value is sent at once
+                    acks += self._reply(request, value, more=True)
+                acks += self._reply(request, None, end=True)
+            else:
+                acks += self._reply(request, result)
+        except Exception as exc:
+            self.logger.exception(
+                "agent %s raised on request %s", self.agent.name, request.correlation_id
+            )
+            acks += self._reply(request, None, error=exc)
+        return self._acknowledged(acks)
+
+    def _reply(
+        self,
+        request: Request,
+        value: Any,
+        *,
+        more: bool = False,
+        end: bool = False,
+        error: Optional[BaseException] = None,
+    ) -> List[Future[None]]:
+        """Send one reply, unless the request is a cast."""
+        if not request.reply_to or not request.correlation_id:
+            return []
+        remote = None
+        if error is not None:
+            trace = None
+            if self.app.reply_tracebacks:
+                trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            remote = RemoteError(type(error).__name__, str(error), remote_traceback=trace)
+        message = self.app.codec.encode_reply(
+            request.correlation_id, value, key=request.key, more=more, end=end, error=remote
+        )
+        return [self.app.transport.produce(request.reply_to, message)]
+
+    def _acknowledged(self, acks: List[Future[None]]) -> bool:
+        """Wait for the broker to take every reply; False if one failed."""
+        try:
+            for ack in acks:
+                ack.result(self.app.shutdown_timeout)
+        except Exception as exc:
+            self.logger.error("cannot send reply: %s", exc)
+            return False
+        return True
+
+
+def _where(record: Record) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
+

@@ -1,0 +1,264 @@
+"""Asking: send requests to a topic and wait for the replies.
+
+Every request is registered with the reply consumer *before* it is
+produced, so an early reply is never lost; a waiter leaves the correlation
+table when it is answered, times out, is cancelled, or the App closes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+from replies.core.codec import deadline_after
+from replies.core.promise import BarrierState, ReplyPromise, ReplyStream, on_reply_thread
+from replies.errors import DeadlockError
+
+if TYPE_CHECKING:
+    from replies.app import App
+
+__all__ = ["Topic", "DEFAULT"]
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: Stands for "the App's ``request_timeout``" in ``timeout=`` arguments.
+DEFAULT: Any = _Default()
+
+Timeout = Union[float, None, _Default]
+
+
+def _refuse_on_reply_thread(what: str) -> None:
+    if on_reply_thread():
+        raise DeadlockError(
+            f"{what} blocks until a reply arrives, but this is the reply thread "
+            "(a done-callback?), which delivers replies: it would wait forever. "
+            "Use ask_nowait() here, or hand the work to another thread."
+        )
+
+
+class Topic:
+    """A request topic that can be asked: an agent of any app, by name.
+
+    Get one from :meth:`App.topic` (or use an :class:`~replies.agent.Agent`,
+    which is one). The App must be started (``with app:``) to ask.
+
+    Threading model: every method may be called from any thread at once;
+    the blocking ones (:meth:`ask`, iterating :meth:`map`, :meth:`join`)
+    raise :class:`DeadlockError` on the reply thread.
+    """
+
+    def __init__(self, app: "App", name: str) -> None:
+        if not name:
+            raise ValueError("a topic needs a name")
+        self.app = app
+        self.topic_name = name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.topic_name}>"
+
+    # -- one request ------------------------------------------------------
+
+    def ask(self, value: Any = None, *, key: Any = None, timeout: Timeout = DEFAULT) -> Any:
+        """Send a request and block until its reply; return the reply value.
+
+        Args:
+            value: the request value (JSON-serializable by default).
+            key: the request's Kafka key (bytes, str, or JSON-able).
+            timeout: seconds to wait; ``None`` waits forever; by default the
+                App's ``request_timeout``.
+
+        Raises:
+            ReplyTimeoutError: no reply in time (the waiter is removed).
+            RemoteError: the agent raised.
+            ClosedError: the App closed first.
+            TransportError: the request could not be sent.
+            DeadlockError: called on the reply thread.
+        """
+        _refuse_on_reply_thread("ask()")
+        promise = self.ask_nowait(value, key=key, timeout=timeout)
+        try:
+            return promise.result(promise.timeout)
+        except BaseException:
+            promise.cancel()  # a timeout or Ctrl-C: stop waiting for it
+            raise
+
+    def ask_nowait(
+        self, value: Any = None, *, key: Any = None, timeout: Timeout = DEFAULT
+    ) -> ReplyPromise:
+        """Send a request and return its promise at once.
+
+        The promise is registered before the request leaves; it fails with
+        :class:`ReplyTimeoutError` once ``timeout`` passes even if nobody
+        waits on it. Cancel it to stop waiting. Its done-callbacks run on
+        the reply thread.
+
+        Raises:
+            TypeError: the value cannot be serialized.
+            ClosedError: the App is not started or closed.
+            TransportError: the request could not be queued.
+        """
+        seconds = self.app._timeout(timeout)
+        promise = ReplyPromise(self.app.reply_to, str(uuid.uuid4()), timeout=seconds)
+        self._request(promise, promise.correlation_id, key, value, seconds)
+        return promise
+
+    def stream(
+        self, value: Any = None, *, key: Any = None, timeout: Timeout = DEFAULT
+    ) -> Iterator[Any]:
+        """Send a request and yield every reply of a streaming agent.
+
+        An agent whose handler is a generator sends one reply per yielded
+        value; this yields each as it arrives and ends after the last. For
+        a plain handler it yields its one reply.
+
+        Args:
+            timeout: for the whole stream (default: ``request_timeout``).
+
+        Raises:
+            as :meth:`ask`, while iterating.
+        """
+        seconds = self.app._timeout(timeout)
+        promise = ReplyStream(self.app.reply_to, str(uuid.uuid4()), timeout=seconds)
+        self._request(promise, promise.correlation_id, key, value, seconds)
+        return self._values(promise, seconds)
+
+    # -- many requests ----------------------------------------------------
+
+    def map(
+        self, values: Iterable[Any], *, key: Any = None, timeout: Timeout = DEFAULT
+    ) -> Iterator[Any]:
+        """Send a request per value at once; yield replies as they arrive.
+
+        All requests are sent before this returns (pipelined, not one round
+        trip each); iterating blocks until the next reply. Replies come in
+        arrival order; use :meth:`join` for input order.
+
+        Args:
+            values: request values; all get the same ``key``.
+            timeout: for all the replies together.
+
+        Raises:
+            as :meth:`ask` (sending errors at once, the rest while iterating;
+            a :class:`RemoteError` when an error reply is reached).
+        """
+        return self.kvmap(((key, value) for value in values), timeout=timeout)
+
+    def kvmap(self, items: Iterable[Tuple[Any, Any]], *, timeout: Timeout = DEFAULT) -> Iterator[Any]:
+        """Like :meth:`map`, for ``(key, value)`` pairs: each its own key."""
+        barrier, _, seconds = self._send_all(items, timeout)
+        return self._values(barrier, seconds)
+
+    def join(
+        self, values: Iterable[Any], *, key: Any = None, timeout: Timeout = DEFAULT
+    ) -> List[Any]:
+        """Send a request per value; block until all replies; keep input order.
+
+        Raises:
+            as :meth:`ask`; the first error reply met is raised and the
+            other waiters are removed.
+        """
+        return self.kvjoin(((key, value) for value in values), timeout=timeout)
+
+    def kvjoin(self, items: Iterable[Tuple[Any, Any]], *, timeout: Timeout = DEFAULT) -> List[Any]:
+        """Like :meth:`join`, for ``(key, value)`` pairs: each its own key."""
+        _refuse_on_reply_thread("join()")
+        barrier, order, seconds = self._send_all(items, timeout)
+        replies: Dict[str, Any] = {}
+        try:
+            for reply in barrier.iterate(seconds):
+                replies[reply.correlation_id] = reply.value
+        finally:
+            barrier.cancel()  # a no-op once complete
+        return [replies[cid] for cid in order]
+
+    # -- without waiting ----------------------------------------------------
+
+    def send(
+        self,
+        value: Any = None,
+        *,
+        key: Any = None,
+        reply_to: Optional[str] = None,
+        correlation_id: Optional[str] = None,
+    ) -> Future[None]:
+        """Send a request whose reply goes wherever ``reply_to`` says.
+
+        Does not wait for a reply (this App does not expect one). Without
+        ``reply_to`` it is a cast. A ``correlation_id`` is generated when
+        ``reply_to`` is given without one.
+
+        Returns:
+            A future that completes when the broker acknowledged the request.
+        """
+        if reply_to is not None and not correlation_id:
+            correlation_id = str(uuid.uuid4())
+        message = self.app.codec.encode_request(
+            value, key=key, reply_to=reply_to, correlation_id=correlation_id
+        )
+        return self.app._produce(self.topic_name, message)
+
+    def cast(self, value: Any = None, *, key: Any = None) -> Future[None]:
+        """Send a request that wants no reply; see :meth:`send`."""
+        return self.send(value, key=key)
+
+    # -- internals ----------------------------------------------------------
+
+    def _request(
+        self, waiter: ReplyPromise, cid: str, key: Any, value: Any, seconds: Optional[float]
+    ) -> None:
+        """Encode, register the waiter for ``cid``, then produce."""
+        app = self.app
+        message = app.codec.encode_request(
+            value,
+            key=key,
+            reply_to=app.reply_to,
+            correlation_id=cid,
+            deadline=deadline_after(seconds),
+        )
+        consumer = app._reply_consumer()
+        consumer.add(cid, waiter)
+        try:
+            acked = app._produce(self.topic_name, message)
+        except BaseException as exc:
+            consumer.table.discard(cid)
+            waiter.reject(cid, exc)
+            raise
+
+        def on_acked(future: Future[None]) -> None:
+            error = future.exception()
+            if error is not None:
+                consumer.table.discard(cid)
+                waiter.reject(cid, error)
+
+        acked.add_done_callback(on_acked)
+
+    def _send_all(
+        self, items: Iterable[Tuple[Any, Any]], timeout: Timeout
+    ) -> Tuple[BarrierState, List[str], Optional[float]]:
+        seconds = self.app._timeout(timeout)
+        barrier = BarrierState(self.app.reply_to, timeout=seconds)
+        order: List[str] = []
+        try:
+            for key, value in items:
+                cid = str(uuid.uuid4())
+                barrier.add(ReplyPromise(barrier.reply_to, cid))
+                order.append(cid)
+                self._request(barrier, cid, key, value, seconds)
+        except BaseException:
+            barrier.cancel()
+            raise
+        barrier.finalize()
+        return barrier, order, seconds
+
+    @staticmethod
+    def _values(promise: Union[BarrierState, ReplyStream], seconds: Optional[float]) -> Iterator[Any]:
+        try:
+            for reply in promise.iterate(seconds):
+                yield reply.value
+        finally:
+            promise.cancel()  # stop waiting if the reader gave up early

@@ -1,0 +1,139 @@
+"""The transport interface: what the threads above need from a broker.
+
+Two implementations: :mod:`replies.transport.kafka` (a real broker through
+kafka-python) and :mod:`replies.transport.memory` (in-process, for demos,
+notebooks and tests). Both are used the same way:
+
+- :meth:`Transport.produce` is thread-safe and returns a future that
+  completes once the broker acknowledged the record;
+- a :class:`Reader` belongs to one thread (the one that polls it); a reply
+  reader is assigned every partition of its topic and positioned at the end
+  before :meth:`Transport.reply_reader` returns; a :class:`GroupReader` is a
+  member of a consumer group.
+"""
+
+from __future__ import annotations
+
+import abc
+from concurrent.futures import Future
+from typing import Callable, Collection, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+from replies.core.codec import Headers, Message
+
+__all__ = ["Record", "Reader", "GroupReader", "Transport", "TopicPartition", "RevokeCallback"]
+
+TopicPartition = Tuple[str, int]
+
+#: Called by a group reader's owning thread, from inside ``poll()``, with the
+#: partitions it is about to lose, so the caller can finish and commit them.
+RevokeCallback = Callable[[Collection[TopicPartition]], None]
+
+
+class Record(NamedTuple):
+    """A consumed record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[bytes]
+    value: Optional[bytes]
+    headers: Headers
+
+
+class Reader(abc.ABC):
+    """Consumes records. Owned by one thread: not thread-safe."""
+
+    @abc.abstractmethod
+    def poll(self, timeout: float) -> List[Record]:
+        """Return the records that arrived, waiting up to ``timeout`` s."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the reader. Idempotent."""
+
+
+class GroupReader(Reader):
+    """A consumer-group member subscribed to one topic.
+
+    Offsets are never committed automatically: the owner commits what it
+    has finished with :meth:`commit`.
+    """
+
+    @abc.abstractmethod
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit, for each partition, the offset of the next record to read.
+
+        Raises:
+            TransportError: the commit failed (e.g. the partition was lost).
+        """
+
+    @abc.abstractmethod
+    def pause(self) -> None:
+        """Stop returning records from :meth:`poll` (group membership stays)."""
+
+    @abc.abstractmethod
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+
+
+class Transport(abc.ABC):
+    """A connection to a broker (or to the in-process memory broker).
+
+    Threading model: :meth:`produce`, :meth:`flush`, topic administration
+    and :meth:`close` may be called from any thread; readers are handed to
+    the thread that owns them.
+    """
+
+    @abc.abstractmethod
+    def produce(self, topic: str, message: Message) -> Future[None]:
+        """Send a record without blocking (beyond buffer back-pressure).
+
+        Returns:
+            A future that completes when the broker acknowledged the record,
+            or fails with :class:`TransportError`. Its callbacks may run on a
+            transport thread: keep them short.
+
+        Raises:
+            TransportError: the record could not even be queued.
+        """
+
+    @abc.abstractmethod
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Block until every produced record is acknowledged or failed."""
+
+    @abc.abstractmethod
+    def create_topic(
+        self, name: str, *, partitions: int = 1, config: Optional[Dict[str, str]] = None
+    ) -> bool:
+        """Create a topic unless it exists. Blocks for one admin round trip.
+
+        Returns:
+            True if it was created, False if it already existed.
+        """
+
+    @abc.abstractmethod
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic; a missing topic is not an error."""
+
+    @abc.abstractmethod
+    def topic_exists(self, name: str) -> bool:
+        """Whether the topic exists."""
+
+    @abc.abstractmethod
+    def reply_reader(self, topic: str, timeout: float) -> Reader:
+        """A reader of every partition of ``topic``, positioned at its end.
+
+        Blocks until positioned (at most ``timeout`` s), so a record
+        produced after it returns is always read.
+        """
+
+    @abc.abstractmethod
+    def group_reader(
+        self, topic: str, group_id: str, *, on_revoke: RevokeCallback, max_records: int
+    ) -> GroupReader:
+        """A consumer-group member for ``topic``; reads from the committed
+        offset, or the earliest one for a new group."""
+
+    @abc.abstractmethod
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Flush and release everything. Idempotent."""

@@ -1,0 +1,285 @@
+"""The Kafka transport, on kafka-python. The only module that imports ``kafka``.
+
+One :class:`kafka.KafkaProducer` (thread-safe) is shared by every caller; a
+:class:`kafka.KafkaAdminClient` is made on first use and serialised by a
+lock; each reader owns its own :class:`kafka.KafkaConsumer` (not
+thread-safe) and is used only by the thread that polls it. kafka-python
+errors are re-raised as :class:`TransportError` with the cause chained.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Collection, Dict, List, Mapping, Optional, Set
+
+import kafka
+import kafka.errors
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+
+from replies.core.codec import Message
+from replies.errors import TransportError
+from replies.transport.base import (
+    GroupReader,
+    Reader,
+    Record,
+    RevokeCallback,
+    TopicPartition,
+    Transport,
+)
+
+__all__ = ["KafkaTransport", "KAFKA_SETTINGS"]
+
+logger = logging.getLogger(__name__)
+
+_CONSUMER = set(kafka.KafkaConsumer.DEFAULT_CONFIG)
+_PRODUCER = set(kafka.KafkaProducer.DEFAULT_CONFIG)
+_ADMIN = set(kafka.KafkaAdminClient.DEFAULT_CONFIG)
+#: Every setting kafka-python's clients accept; each client gets its own.
+KAFKA_SETTINGS = frozenset(_CONSUMER | _PRODUCER | _ADMIN)
+# Serializers are the codec's job; group and offset handling is ours.
+_RESERVED = {
+    "bootstrap_servers",
+    "key_serializer",
+    "value_serializer",
+    "key_deserializer",
+    "value_deserializer",
+    "group_id",
+    "enable_auto_commit",
+}
+
+
+def _pick(settings: Mapping[str, Any], names: Set[str]) -> Dict[str, Any]:
+    return {k: v for k, v in settings.items() if k in names}
+
+
+class _KafkaReplyReader(Reader):
+    def __init__(self, consumer: kafka.KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    def poll(self, timeout: float) -> List[Record]:
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"polling replies failed: {exc}") from exc
+        return [_record(r) for batch in batches.values() for r in batch]
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_revoke: RevokeCallback) -> None:
+        self._on_revoke = on_revoke
+
+    def on_partitions_revoked(self, revoked: Collection[Any]) -> None:
+        if revoked:
+            self._on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Collection[Any]) -> None:
+        logger.debug("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class _KafkaGroupReader(GroupReader):
+    def __init__(self, consumer: kafka.KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    def poll(self, timeout: float) -> List[Record]:
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"polling requests failed: {exc}") from exc
+        return [_record(r) for batch in batches.values() for r in batch]
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(
+                {
+                    kafka.TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                    for (topic, partition), offset in offsets.items()
+                }
+            )
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"commit of {dict(offsets)} failed: {exc}") from exc
+
+    def pause(self) -> None:
+        self._consumer.pause(*self._consumer.assignment())
+
+    def resume(self) -> None:
+        self._consumer.resume(*self._consumer.paused())
+
+    def close(self) -> None:
+        # Leaves the group, so the other members take over at once.
+        self._consumer.close(autocommit=False)
+
+
+def _record(r: Any) -> Record:
+    headers = [(k, v) for k, v in (r.headers or [])]
+    return Record(r.topic, r.partition, r.offset, r.key, r.value, headers)
+
+
+class KafkaTransport(Transport):
+    """A transport to a Kafka cluster.
+
+    Args:
+        bootstrap_servers: ``"host:port"`` strings.
+        settings: any setting of kafka-python's clients (security, SASL,
+            SSL, ``client_id``, timeouts, ``acks`` ...); each client takes
+            those it knows.
+        replication_factor: for topics this library creates; ``-1`` lets
+            the broker choose (its ``default.replication.factor``).
+
+    Raises:
+        TypeError: a setting that no kafka-python client accepts, or one
+            this library manages itself.
+        TransportError: the producer could not be created.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: List[str],
+        settings: Optional[Mapping[str, Any]] = None,
+        *,
+        replication_factor: int = -1,
+    ) -> None:
+        settings = dict(settings or {})
+        unknown = sorted(set(settings) - KAFKA_SETTINGS)
+        if unknown:
+            raise TypeError(f"unknown Kafka client settings: {', '.join(unknown)}")
+        reserved = sorted(set(settings) & _RESERVED)
+        if reserved:
+            raise TypeError(f"these settings are managed by replies: {', '.join(reserved)}")
+        self._settings = settings
+        self._bootstrap = bootstrap_servers
+        self._replication_factor = replication_factor
+        # Guards the lazily made admin client, which is not thread-safe.
+        self._admin_lock = threading.Lock()
+        self._admin: Optional[kafka.KafkaAdminClient] = None
+        try:
+            self._producer = kafka.KafkaProducer(
+                bootstrap_servers=bootstrap_servers, **_pick(settings, _PRODUCER)
+            )
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"cannot connect to {bootstrap_servers}: {exc}") from exc
+
+    def _consumer(self, **config: Any) -> kafka.KafkaConsumer:
+        merged = {**_pick(self._settings, _CONSUMER), **config}
+        try:
+            return kafka.KafkaConsumer(
+                bootstrap_servers=self._bootstrap, enable_auto_commit=False, **merged
+            )
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"cannot connect to {self._bootstrap}: {exc}") from exc
+
+    def _admin_locked(self) -> kafka.KafkaAdminClient:
+        if self._admin is None:
+            self._admin = kafka.KafkaAdminClient(
+                bootstrap_servers=self._bootstrap, **_pick(self._settings, _ADMIN)
+            )
+        return self._admin
+
+    def produce(self, topic: str, message: Message) -> Future[None]:
+        acked: Future[None] = Future()
+        try:
+            sent = self._producer.send(
+                topic, value=message.value, key=message.key, headers=message.headers
+            )
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"cannot send to {topic}: {exc}") from exc
+
+        def on_error(exc: BaseException) -> None:
+            error = TransportError(f"send to {topic} failed: {exc}")
+            error.__cause__ = exc
+            acked.set_exception(error)
+
+        sent.add_callback(lambda _: acked.set_result(None))
+        sent.add_errback(on_error)
+        return acked
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        try:
+            self._producer.flush(timeout=timeout)
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"flush failed: {exc}") from exc
+
+    def create_topic(
+        self, name: str, *, partitions: int = 1, config: Optional[Dict[str, str]] = None
+    ) -> bool:
+        topic = NewTopic(name, partitions, self._replication_factor, topic_configs=config or {})
+        try:
+            with self._admin_lock:
+                self._admin_locked().create_topics([topic])
+        except kafka.errors.TopicAlreadyExistsError:
+            return False
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"cannot create topic {name}: {exc}") from exc
+        return True
+
+    def delete_topic(self, name: str) -> None:
+        try:
+            with self._admin_lock:
+                self._admin_locked().delete_topics([name])
+        except kafka.errors.UnknownTopicOrPartitionError:
+            pass
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"cannot delete topic {name}: {exc}") from exc
+
+    def topic_exists(self, name: str) -> bool:
+        try:
+            with self._admin_lock:
+                return name in self._admin_locked().list_topics()
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"cannot list topics: {exc}") from exc
+
+    def reply_reader(self, topic: str, timeout: float) -> Reader:
+        consumer = self._consumer()
+        try:
+            partitions = _wait_for_partitions(consumer, topic, timeout)
+            consumer.assign(partitions)
+            consumer.seek_to_end(*partitions)
+            for tp in partitions:
+                consumer.position(tp)  # resolves the end offset now, not lazily
+        except BaseException as exc:
+            consumer.close(autocommit=False)
+            if isinstance(exc, kafka.errors.KafkaError):
+                raise TransportError(f"cannot read reply topic {topic}: {exc}") from exc
+            raise
+        return _KafkaReplyReader(consumer)
+
+    def group_reader(
+        self, topic: str, group_id: str, *, on_revoke: RevokeCallback, max_records: int
+    ) -> GroupReader:
+        consumer = self._consumer(
+            group_id=group_id,
+            auto_offset_reset="earliest",
+            max_poll_records=max_records,
+        )
+        consumer.subscribe([topic], listener=_Listener(on_revoke))
+        return _KafkaGroupReader(consumer)
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        self._producer.close(timeout=timeout)
+        with self._admin_lock:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+
+
+def _wait_for_partitions(
+    consumer: kafka.KafkaConsumer, topic: str, timeout: float
+) -> List[kafka.TopicPartition]:
+    """The topic's partitions, waiting for its metadata to appear."""
+    deadline = time.monotonic() + timeout
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
+        if time.monotonic() >= deadline:
+            raise TransportError(f"reply topic {topic} has no partitions after {timeout} s")
+        time.sleep(0.05)

@@ -1,0 +1,290 @@
+"""An in-process broker: topics, partitions, offsets and consumer groups.
+
+``memory://`` (or ``memory://NAME``) makes every App of the process with the
+same URL share one :class:`MemoryBroker`, so a client and an agent in one
+Python process (a notebook, a demo, a unit test) talk to each other exactly
+as over Kafka, with no broker to run.
+
+Theory of operation: one broker lock guards all topics and groups; one
+condition on it, ``changed``, is notified when a record is appended or a
+group's membership changes, and readers wait on it against a deadline.
+Group assignment is recomputed on every join and leave (a new generation);
+a member sees the new generation on its next poll, calls its revoke
+callback (outside the lock) for partitions it lost, and starts the ones it
+gained at their committed offsets. As with Kafka, a handover can replay
+records the previous owner had not committed: delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import zlib
+from concurrent.futures import Future
+from typing import Dict, List, Mapping, Optional, Set
+
+from replies.core.codec import Message
+from replies.errors import TransportError
+from replies.transport.base import (
+    GroupReader,
+    Reader,
+    Record,
+    RevokeCallback,
+    TopicPartition,
+    Transport,
+)
+
+__all__ = ["MemoryBroker", "MemoryTransport"]
+
+
+class _Group:
+    def __init__(self) -> None:
+        self.members: List[int] = []
+        self.generation = 0
+        self.committed: Dict[TopicPartition, int] = {}
+
+
+class MemoryBroker:
+    """The shared state behind every memory transport of one name."""
+
+    _registry: Dict[str, "MemoryBroker"] = {}
+    # Guards the registry of brokers by name.
+    _registry_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        # Guards topics and groups; `changed` signals a new record or a
+        # change of group membership.
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.topics: Dict[str, List[List[Record]]] = {}
+        self.configs: Dict[str, Dict[str, str]] = {}
+        self.groups: Dict[str, _Group] = {}
+        self._member_ids = itertools.count(1)
+        self._round_robin = itertools.count()
+
+    @classmethod
+    def named(cls, name: str) -> "MemoryBroker":
+        """The process-wide broker called ``name`` (created on first use)."""
+        with cls._registry_lock:
+            broker = cls._registry.get(name)
+            if broker is None:
+                broker = cls._registry[name] = cls()
+            return broker
+
+    def _partitions_locked(self, topic: str) -> List[List[Record]]:
+        # Like Kafka's auto-creation: a topic used before it exists gets one
+        # partition.
+        partitions = self.topics.get(topic)
+        if partitions is None:
+            partitions = self.topics[topic] = [[]]
+        return partitions
+
+    def append(self, topic: str, message: Message) -> None:
+        with self.changed:
+            partitions = self._partitions_locked(topic)
+            if message.key is None:
+                index = next(self._round_robin) % len(partitions)
+            else:
+                index = zlib.crc32(message.key) % len(partitions)
+            log = partitions[index]
+            log.append(
+                Record(topic, index, len(log), message.key, message.value, list(message.headers))
+            )
+            self.changed.notify_all()
+
+    def join(self, group_id: str) -> int:
+        with self.changed:
+            group = self.groups.setdefault(group_id, _Group())
+            member = next(self._member_ids)
+            group.members.append(member)
+            group.generation += 1
+            self.changed.notify_all()
+            return member
+
+    def leave(self, group_id: str, member: int) -> None:
+        with self.changed:
+            group = self.groups[group_id]
+            group.members.remove(member)
+            group.generation += 1
+            self.changed.notify_all()
+
+    def assignment_locked(self, group_id: str, member: int, topic: str) -> Set[int]:
+        """Partitions of ``topic`` for ``member``: spread round-robin."""
+        group = self.groups[group_id]
+        index = group.members.index(member)
+        count = len(self._partitions_locked(topic))
+        return {p for p in range(count) if p % len(group.members) == index}
+
+
+class _MemoryReplyReader(Reader):
+    def __init__(self, broker: MemoryBroker, topic: str) -> None:
+        self._broker = broker
+        self._topic = topic
+        with broker.lock:
+            partitions = broker._partitions_locked(topic)
+            self._positions = [len(log) for log in partitions]
+
+    def poll(self, timeout: float) -> List[Record]:
+        deadline = time.monotonic() + timeout
+        with self._broker.changed:
+            while True:
+                records = self._take_locked()
+                remaining = deadline - time.monotonic()
+                if records or remaining <= 0:
+                    return records
+                self._broker.changed.wait(remaining)
+
+    def _take_locked(self) -> List[Record]:
+        partitions = self._broker._partitions_locked(self._topic)
+        self._positions += [0] * (len(partitions) - len(self._positions))
+        taken: List[Record] = []
+        for index, log in enumerate(partitions):
+            taken += log[self._positions[index] :]
+            self._positions[index] = len(log)
+        return taken
+
+    def close(self) -> None:
+        pass
+
+
+class _MemoryGroupReader(GroupReader):
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        topic: str,
+        group_id: str,
+        on_revoke: RevokeCallback,
+        max_records: int,
+    ) -> None:
+        self._broker = broker
+        self._topic = topic
+        self._group_id = group_id
+        self._on_revoke = on_revoke
+        self._max_records = max_records
+        self._generation = -1
+        self._positions: Dict[int, int] = {}
+        self._paused = False
+        self._member: Optional[int] = broker.join(group_id)
+
+    def _rebalance(self) -> None:
+        """Catch up with the group's generation; revoke outside the lock."""
+        broker = self._broker
+        with broker.lock:
+            group = broker.groups[self._group_id]
+            if group.generation == self._generation or self._member is None:
+                return
+            assigned = broker.assignment_locked(self._group_id, self._member, self._topic)
+        lost = [(self._topic, p) for p in self._positions if p not in assigned]
+        if lost:
+            self._on_revoke(lost)
+        with broker.lock:
+            group = broker.groups[self._group_id]
+            # Recompute: the group may have changed again during revocation.
+            assigned = broker.assignment_locked(self._group_id, self._member, self._topic)
+            self._generation = group.generation
+            # Partitions kept go on where they were; gained ones start at
+            # the group's committed offset.
+            self._positions = {
+                p: self._positions.get(p, group.committed.get((self._topic, p), 0))
+                for p in sorted(assigned)
+            }
+
+    def poll(self, timeout: float) -> List[Record]:
+        if self._member is None:
+            raise TransportError("poll() on a closed group reader")
+        deadline = time.monotonic() + timeout
+        while True:
+            self._rebalance()
+            with self._broker.changed:
+                group = self._broker.groups[self._group_id]
+                if group.generation == self._generation:
+                    records = [] if self._paused else self._take_locked()
+                    remaining = deadline - time.monotonic()
+                    if records or remaining <= 0:
+                        return records
+                    self._broker.changed.wait(remaining)
+
+    def _take_locked(self) -> List[Record]:
+        partitions = self._broker._partitions_locked(self._topic)
+        taken: List[Record] = []
+        for index, position in self._positions.items():
+            batch = partitions[index][position : position + self._max_records - len(taken)]
+            taken += batch
+            self._positions[index] = position + len(batch)
+        return taken
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        with self._broker.lock:
+            group = self._broker.groups[self._group_id]
+            if group.generation != self._generation:
+                lost = [tp for tp in offsets if tp[1] not in self._positions]
+                if lost:
+                    raise TransportError(f"cannot commit {lost}: no longer assigned")
+            group.committed.update(offsets)
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def close(self) -> None:
+        if self._member is not None:
+            member, self._member = self._member, None
+            self._broker.leave(self._group_id, member)
+
+
+class MemoryTransport(Transport):
+    """A transport to the process-wide :class:`MemoryBroker` of one name.
+
+    Records are acknowledged as soon as they are appended.
+    """
+
+    def __init__(self, name: str = "") -> None:
+        self.broker = MemoryBroker.named(name)
+        self._closed = False
+
+    def produce(self, topic: str, message: Message) -> Future[None]:
+        if self._closed:
+            raise TransportError("transport is closed")
+        self.broker.append(topic, message)
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        pass
+
+    def create_topic(
+        self, name: str, *, partitions: int = 1, config: Optional[Dict[str, str]] = None
+    ) -> bool:
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, not {partitions}")
+        with self.broker.changed:
+            if name in self.broker.topics:
+                return False
+            self.broker.topics[name] = [[] for _ in range(partitions)]
+            self.broker.configs[name] = dict(config or {})
+            self.broker.changed.notify_all()
+            return True
+
+    def delete_topic(self, name: str) -> None:
+        with self.broker.lock:
+            self.broker.topics.pop(name, None)
+            self.broker.configs.pop(name, None)
+
+    def topic_exists(self, name: str) -> bool:
+        with self.broker.lock:
+            return name in self.broker.topics
+
+    def reply_reader(self, topic: str, timeout: float) -> Reader:
+        return _MemoryReplyReader(self.broker, topic)
+
+    def group_reader(
+        self, topic: str, group_id: str, *, on_revoke: RevokeCallback, max_records: int
+    ) -> GroupReader:
+        return _MemoryGroupReader(self.broker, topic, group_id, on_revoke, max_records)
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        self._closed = True
