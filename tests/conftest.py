@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+import uuid
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-pytest_plugins = ["tests.kafka.plugin"]
+import replies
+
+import os
+pytest_plugins = [os.environ.get("REPLIES_TEST_PLUGIN", "tests.kafka.plugin")]
 
 # Threads that libraries start once per process and keep on purpose.
 _LONG_LIVED_PREFIXES = ("pytest_timeout", "asyncio_")
@@ -37,3 +41,42 @@ def no_leaked_threads(request: pytest.FixtureRequest) -> Iterator[None]:
     if leaked:
         names = sorted(t.name for t in leaked)
         pytest.fail(f"test left threads running: {names}", pytrace=False)
+
+
+# -- Apps over both transports ------------------------------------------------
+
+
+@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.integration)])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """A broker URL: a fresh in-process broker, or the suite's real one."""
+    if request.param == "memory":
+        return f"memory://{uuid.uuid4()}"
+    return "kafka://" + request.getfixturevalue("kafka_bootstrap")
+
+
+@pytest.fixture
+def client_settings(broker_url: str, request: pytest.FixtureRequest) -> Dict[str, Any]:
+    """kafka-python settings the broker under test needs (none for memory)."""
+    if broker_url.startswith("memory://"):
+        return {}
+    return dict(request.getfixturevalue("kafka_client_settings"))
+
+
+@pytest.fixture
+def make_app(
+    broker_url: str, client_settings: Dict[str, Any], request: pytest.FixtureRequest
+) -> Iterator[Callable[..., replies.App]]:
+    """Build Apps on the broker under test with fresh ids; close them after."""
+    apps: List[replies.App] = []
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+
+    def make(id: str = "app", **settings: Any) -> replies.App:
+        settings.setdefault("topic_partitions", 2)
+        settings.setdefault("request_timeout", 20.0)
+        app = replies.App(prefix + id, broker=broker_url, **client_settings, **settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in reversed(apps):
+        app.close()
