@@ -23,6 +23,7 @@ partitions after handling the backlog, then leaves the group.
 from __future__ import annotations
 
 import collections
+from collections import OrderedDict
 import inspect
 import itertools
 import logging
@@ -41,7 +42,6 @@ from typing import (
     Iterator,
     List,
     Optional,
-    OrderedDict,
     Tuple,
 )
 
@@ -91,6 +91,9 @@ class AgentWorker:
         self._outstanding: Dict[TopicPartition, OrderedDict[int, bool]] = {}
         self._backlog: Deque[Record] = collections.deque()
         self._in_flight = 0
+        # Records handed to the pool and not yet acknowledged: handlers are
+        # free while the broker acknowledges, so allow a few per thread.
+        self._max_in_flight = 4 * agent.concurrency
         self._failed: Optional[str] = None
         self._thread = threading.Thread(
             target=self._run_poller,
@@ -105,7 +108,7 @@ class AgentWorker:
             self.agent.topic_name,
             self.agent.group_id,
             on_revoke=self._on_revoke,
-            max_records=max(1, 2 * self.agent.concurrency),
+            max_records=self._max_in_flight,
         )
         self._thread.start()
 
@@ -131,15 +134,13 @@ class AgentWorker:
                 self._collect_done()
                 self._dispatch_backlog()
                 if self._backlog:
+                    # Saturated: stay in the group, wait for a handler.
                     self._reader.pause()
-                records = self._reader.poll(POLL_INTERVAL)
-                if not self._backlog:
+                    self._take(self._reader.poll(0))
+                    self._collect_done(block=POLL_INTERVAL)
+                else:
                     self._reader.resume()
-                for record in records:
-                    self._outstanding.setdefault(
-                        (record.topic, record.partition), collections.OrderedDict()
-                    )[record.offset] = False
-                    self._backlog.append(record)
+                    self._take(self._reader.poll(POLL_INTERVAL))
             self._drain(self._outstanding.keys(), finish_backlog=self._failed is None)
         except BaseException as exc:
             self.error = exc
@@ -152,8 +153,14 @@ class AgentWorker:
         if self._failed is not None:
             self.logger.error("agent %s stopped: %s", self.agent.name, self._failed)
 
+    def _take(self, records: List[Record]) -> None:
+        for record in records:
+            marks = self._outstanding.setdefault((record.topic, record.partition), OrderedDict())
+            marks[record.offset] = False
+            self._backlog.append(record)
+
     def _dispatch_backlog(self) -> None:
-        while self._backlog and self._in_flight < self.agent.concurrency:
+        while self._backlog and self._in_flight < self._max_in_flight:
             record = self._backlog.popleft()
             self._in_flight += 1
             self._pool.submit(self._handle, record)
@@ -229,20 +236,18 @@ class AgentWorker:
     # -- handler threads ----------------------------------------------------
 
     def _handle(self, record: Record) -> None:
-        ok = True
         try:
-            ok = self._serve(record)
+            acks = self._serve(record)
         except BaseException:
             self.logger.exception("unexpected error serving %s", _where(record))
-        finally:
-            self._done.put((record.topic, record.partition, record.offset, ok))
+            acks = []
+        _when_acked(acks, lambda ok: self._done.put((record.topic, record.partition, record.offset, ok)))
 
-    def _serve(self, record: Record) -> bool:
+    def _serve(self, record: Record) -> List[Future[None]]:
         """Run the handler for one record and send its replies.
 
         Returns:
-            False if a reply could not be sent (the record must not be
-            committed); True otherwise.
+            The broker acknowledgements of the replies sent.
         """
         app = self.app
         try:
@@ -250,9 +255,7 @@ class AgentWorker:
         except DecodeError as exc:
             partial: Optional[Request] = exc.request
             self.logger.warning("undecodable request at %s: %s", _where(record), exc)
-            if partial is None:
-                return True
-            return self._acknowledged(self._reply(partial, None, error=exc))
+            return [] if partial is None else self._reply(partial, None, error=exc)
         if request.deadline is not None and time.time() > request.deadline:
             self.logger.debug(
                 "skipping request %s at %s: its caller stopped waiting %.3f s ago",
@@ -260,7 +263,7 @@ class AgentWorker:
                 _where(record),
                 time.time() - request.deadline,
             )
-            return True
+            return []
         acks: List[Future[None]] = []
         try:
             result = self.agent.invoke(request.value, request.key)
@@ -275,7 +278,7 @@ class AgentWorker:
                 "agent %s raised on request %s", self.agent.name, request.correlation_id
             )
             acks += self._reply(request, None, error=exc)
-        return self._acknowledged(acks)
+        return acks
 
     def _reply(
         self,
@@ -298,19 +301,41 @@ class AgentWorker:
         message = self.app.codec.encode_reply(
             request.correlation_id, value, key=request.key, more=more, end=end, error=remote
         )
-        return [self.app.transport.produce(request.reply_to, message)]
+        ack = self.app.transport.produce(request.reply_to, message)
+        ack.add_done_callback(self._on_reply_acked)
+        return [ack]
 
-    def _acknowledged(self, acks: List[Future[None]]) -> bool:
-        """Wait for the broker to take every reply; False if one failed."""
-        try:
-            for ack in acks:
-                ack.result(self.app.shutdown_timeout)
-        except Exception as exc:
-            self.logger.error("cannot send reply: %s", exc)
-            return False
-        return True
+    def _on_reply_acked(self, ack: Future[None]) -> None:
+        error = ack.exception()
+        if error is not None:
+            self.logger.error("a reply could not be sent: %s", error)
 
 
 def _where(record: Record) -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
 
+
+
+def _when_acked(acks: List[Future[None]], then: Callable[[bool], None]) -> None:
+    """Call ``then(ok)`` once every ack is done; ok if none failed.
+
+    Runs ``then`` on the thread that completes the last ack (a transport
+    thread), or at once if there is nothing to wait for.
+    """
+    if not acks:
+        then(True)
+        return
+    # Guards the countdown, which the transport's threads decrement.
+    lock = threading.Lock()
+    state = {"left": len(acks), "ok": True}
+
+    def on_ack(ack: Future[None]) -> None:
+        with lock:
+            state["left"] -= 1
+            state["ok"] = state["ok"] and ack.exception() is None
+            last, ok = state["left"] == 0, bool(state["ok"])
+        if last:
+            then(ok)
+
+    for ack in acks:
+        ack.add_done_callback(on_ack)

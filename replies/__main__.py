@@ -1,0 +1,7 @@
+"""``python -m replies``: see :mod:`replies.cli`."""
+
+import sys
+
+from replies.cli import main
+
+sys.exit(main())
