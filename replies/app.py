@@ -265,13 +265,16 @@ class App:
         ``shutdown_timeout`` plus ``timeout`` seconds.
         """
         with self._lock:
-            workers, self._workers = self._workers, []
-            consumer, self._consumer = self._consumer, None
-            transport, self._transport = self._transport, None
+            transport = self._transport
             if transport is None or os.getpid() != self._pid:
+                self._transport = self._consumer = None
+                self._workers = []
                 return
-            for worker in workers:
+            # Agents first: they still reply through the transport.
+            for worker in self._workers:
                 worker.stop(self.shutdown_timeout)
+            self._workers = []
+            consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 consumer.stop(timeout)
                 if self.reply_delete_topic:
@@ -279,6 +282,7 @@ class App:
                         transport.delete_topic(self.reply_to)
                     except TransportError as exc:
                         logger.warning("could not delete reply topic %s: %s", self.reply_to, exc)
+            self._transport = None
             transport.close(timeout)
 
     def __enter__(self) -> "App":

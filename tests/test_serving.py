@@ -1,0 +1,210 @@
+"""Serving: agents consume requests and reply, over memory and Kafka alike."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Callable, Dict, Optional
+
+import pytest
+
+import replies
+from replies.core.codec import Codec, Message
+
+pytestmark = pytest.mark.timeout(120)
+
+MakeApp = Callable[..., replies.App]
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def committed(app: replies.App, group_id: str) -> Dict[int, int]:
+    """The consumer group's committed offsets by partition, from the broker."""
+    transport = app.transport
+    if app.broker.startswith("memory://"):
+        with transport.broker.lock:  # type: ignore[attr-defined]
+            group = transport.broker.groups[group_id]  # type: ignore[attr-defined]
+            return {p: offset for (_, p), offset in group.committed.items()}
+    import kafka
+
+    admin = kafka.KafkaAdminClient(bootstrap_servers=app.broker[len("kafka://") :].split(","))
+    try:
+        offsets = admin.list_group_offsets(group_id).get(group_id, {})
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+def test_handler_may_take_the_key(make_app: MakeApp) -> None:
+    app = make_app()
+
+    @app.agent()
+    def keyed(value: Any, key: Optional[bytes]) -> Any:
+        return [value, key.decode() if key else None]
+
+    app.start().serve()
+    assert keyed.ask(1, key="k") == [1, "k"]
+    assert keyed(2, key=b"direct") == [2, "direct"]  # calling an agent calls its function
+
+
+def test_error_reply_with_traceback_when_configured(make_app: MakeApp) -> None:
+    app = make_app(reply_tracebacks=True)
+
+    @app.agent()
+    def broken(value: Any) -> Any:
+        return {}["missing"]
+
+    app.start().serve()
+    with pytest.raises(replies.RemoteError) as caught:
+        broken.ask(1)
+    assert caught.value.type_name == "KeyError"
+    assert caught.value.remote_traceback is not None
+    assert "broken" in caught.value.remote_traceback
+    with pytest.raises(replies.RemoteError) as caught:
+        broken.ask(2)
+    assert caught.value.type_name == "KeyError"
+
+
+def test_undecodable_requests_get_error_replies_or_are_skipped(make_app: MakeApp) -> None:
+    app = make_app()
+    calls: "queue.Queue[Any]" = queue.Queue()
+
+    @app.agent()
+    def echo(value: Any) -> Any:
+        calls.put(value)
+        return value
+
+    app.start().serve()
+    promise = replies.ReplyPromise(app.reply_to, "bad-json", timeout=20)
+    app.reply_consumer.add(promise.correlation_id, promise)
+    headers = [
+        ("Faust-Ag-ReplyTo", app.reply_to.encode()),
+        ("Faust-Ag-CorrelationId", b"bad-json"),
+    ]
+    app.transport.produce(echo.topic_name, Message(None, b"{not json", headers)).result(20)
+    app.transport.produce(echo.topic_name, Message(None, b"{not json either", [])).result(20)
+    with pytest.raises(replies.RemoteError) as caught:
+        promise.result(20)
+    assert caught.value.type_name == "DecodeError"
+    assert echo.ask("fine") == "fine"
+    assert calls.get_nowait() == "fine" and calls.empty()
+
+
+def test_requests_past_their_deadline_are_skipped(make_app: MakeApp) -> None:
+    app = make_app()
+    calls: "queue.Queue[Any]" = queue.Queue()
+
+    @app.agent()
+    def echo(value: Any) -> Any:
+        calls.put(value)
+        return value
+
+    app.start().serve()
+    stale = app.codec.encode_request(
+        "stale", reply_to=app.reply_to, correlation_id="stale-1", deadline=time.time() - 1
+    )
+    app.transport.produce(echo.topic_name, stale).result(20)
+    assert echo.ask("fresh") == "fresh"
+    assert calls.get(timeout=5) == "fresh"
+    assert calls.empty()
+
+
+def test_envelope_mode_requests_are_served(make_app: MakeApp) -> None:
+    server = make_app("server")
+
+    @server.agent()
+    def echo(value: Any, key: Optional[bytes] = None) -> Any:
+        return {"value": value, "key": key.decode() if key else None}
+
+    server.serve()
+    old_style = make_app("client", request_mode="envelope").start()
+    asker = old_style.topic(echo.topic_name)
+    assert asker.ask({"x": 1}, key="k") == {"value": {"x": 1}, "key": "k"}
+    assert asker.join([1, 2, 3]) == [{"value": v, "key": None} for v in (1, 2, 3)]
+
+
+def test_cast_runs_the_handler_without_reply(make_app: MakeApp) -> None:
+    app = make_app()
+    calls: "queue.Queue[Any]" = queue.Queue()
+
+    @app.agent()
+    def sink(value: Any) -> str:
+        calls.put(value)
+        return "ignored"
+
+    app.start().serve()
+    sink.cast("fire").result(20)
+    assert calls.get(timeout=20) == "fire"
+
+
+def test_offsets_are_committed_only_after_the_reply(make_app: MakeApp) -> None:
+    app = make_app(topic_partitions=1)
+    entered, release = threading.Event(), threading.Event()
+
+    @app.agent()
+    def gated(value: Any) -> Any:
+        entered.set()
+        release.wait(20)
+        return value
+
+    app.start().serve()
+    promise = gated.ask_nowait("first")
+    assert entered.wait(20)
+    time.sleep(0.5)  # give a wrong implementation time to commit early
+    assert committed(app, gated.group_id).get(0, 0) == 0
+    release.set()
+    assert promise.result(20) == "first"
+    _wait_for(lambda: committed(app, gated.group_id).get(0) == 1)
+    assert gated.join(range(5)) == list(range(5))
+    _wait_for(lambda: committed(app, gated.group_id).get(0) == 6)
+
+
+def test_close_answers_requests_already_consumed(make_app: MakeApp) -> None:
+    server = make_app("server")
+    entered = threading.Semaphore(0)
+
+    @server.agent(concurrency=3)
+    def slow(value: Any) -> Any:
+        entered.release()
+        time.sleep(0.5)
+        return value
+
+    server.serve()
+    client = make_app("client").start()
+    promises = [client.topic(slow.topic_name).ask_nowait(i) for i in range(3)]
+    for _ in range(3):
+        assert entered.acquire(timeout=20)
+    server.close()  # graceful: the handlers finish and their replies go out
+    assert [p.result(20) for p in promises] == [0, 1, 2]
+
+
+def test_serve_without_agents_is_an_error(make_app: MakeApp) -> None:
+    with pytest.raises(ValueError, match="no agents"):
+        make_app().serve()
+
+
+def test_agent_names_must_be_unique(make_app: MakeApp) -> None:
+    app = make_app()
+
+    @app.agent(name="same")
+    def one(value: Any) -> Any:
+        return value
+
+    with pytest.raises(ValueError, match="already registered"):
+
+        @app.agent(name="same")
+        def two(value: Any) -> Any:
+            return value
+
+
+def test_codec_round_trip_is_what_agents_and_callers_share() -> None:
+    codec = Codec()
+    message = codec.encode_request(1, reply_to="r", correlation_id="c")
+    request = codec.decode_request(message.key, message.value, message.headers)
+    assert (request.value, request.reply_to, request.correlation_id) == (1, "r", "c")
