@@ -14,7 +14,7 @@ def build_demo_app(broker: str) -> App:
     """The demo's App: three small agents."""
     # A fresh id on a real broker, so reruns never see old topics.
     suffix = "" if broker.startswith("memory://") else f"-{uuid.uuid4().hex[:6]}"
-    app = App(f"demo{suffix}", broker=broker, topic_partitions=1, request_timeout=10)
+    app = App(f"demo{suffix}", broker=broker, topic_partitions=1, request_timeout=30)
 
     @app.agent()
     def add(value: Any) -> Any:

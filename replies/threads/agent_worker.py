@@ -14,10 +14,15 @@ then does it report the record done. The poll thread commits, per
 partition, the offset after the longest run of done records from the
 start: at least once, a crash replays and never skips.
 
-When partitions are revoked, the poll thread (inside ``poll()``) waits for
-their in-flight records, commits, and drops their backlog: the new owner
-reads those from the committed offset. Stopping does the same for all
-partitions after handling the backlog, then leaves the group.
+When partitions are revoked, the transport tells us on whatever thread it
+rebalances on (kafka-python's IO thread, where blocking calls are
+forbidden), so the callback only queues them. The poll thread then drops
+their backlog and bookkeeping before it takes more records: the new owner
+reads everything uncommitted from the committed offset. Records still in
+flight are answered but not committed, so a rebalance can answer a request
+twice; callers ignore the duplicate. We commit after every batch of
+finished records to keep that window small. Stopping handles the backlog,
+waits for the records in flight, commits, then leaves the group.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class AgentWorker:
         # partition, in order, with whether each is done.
         self._outstanding: Dict[TopicPartition, OrderedDict[int, bool]] = {}
         self._backlog: Deque[Record] = collections.deque()
+        # Partitions lost in a rebalance, from the transport's thread.
+        self._revoked: queue.Queue[List[TopicPartition]] = queue.Queue()
         self._in_flight = 0
         # Records handed to the pool and not yet acknowledged: handlers are
         # free while the broker acknowledges, so allow a few per thread.
@@ -136,12 +143,16 @@ class AgentWorker:
                 if self._backlog:
                     # Saturated: stay in the group, wait for a handler.
                     self._reader.pause()
-                    self._take(self._reader.poll(0))
+                    records = self._reader.poll(0)
                     self._collect_done(block=POLL_INTERVAL)
                 else:
                     self._reader.resume()
-                    self._take(self._reader.poll(POLL_INTERVAL))
-            self._drain(self._outstanding.keys(), finish_backlog=self._failed is None)
+                    records = self._reader.poll(POLL_INTERVAL)
+                # Revocations first: these records may come from the
+                # positions a new assignment started at.
+                self._forget_revoked()
+                self._take(records)
+            self._finish()
         except BaseException as exc:
             self.error = exc
             self.logger.exception("agent %s stopped by an error", self.agent.name)
@@ -202,36 +213,38 @@ class AgentWorker:
             # last commit, and callers ignore duplicate replies.
             self.logger.warning("commit failed, records may be served again: %s", exc)
 
-    def _drain(self, partitions: Collection[TopicPartition], *, finish_backlog: bool) -> None:
-        """Wait until ``partitions`` have nothing in flight, then forget them.
-
-        Args:
-            finish_backlog: handle their backlog too (stopping); otherwise
-                drop it (revocation: the next owner reads it again).
-        """
-        wanted = set(partitions)
-        if not finish_backlog:
-            kept: Deque[Record] = collections.deque()
-            for record in self._backlog:
-                tp = (record.topic, record.partition)
-                if tp in wanted:
-                    self._outstanding[tp].pop(record.offset, None)
-                else:
-                    kept.append(record)
-            self._backlog = kept
+    def _finish(self) -> None:
+        """Handle the backlog, wait for what is in flight, and commit."""
         deadline = time.monotonic() + self.app.shutdown_timeout
-        while time.monotonic() < deadline:
-            self._dispatch_backlog()
-            if not any(self._outstanding.get(tp) for tp in wanted):
-                break
+        while self._in_flight or (self._backlog and self._failed is None):
+            if time.monotonic() > deadline:
+                self.logger.warning(
+                    "agent %s stopped with %d requests unfinished; they will be served again",
+                    self.agent.name,
+                    self._in_flight + len(self._backlog),
+                )
+                return
+            if self._failed is None:
+                self._dispatch_backlog()
             self._collect_done(block=POLL_INTERVAL)
-        for tp in wanted:
-            self._outstanding.pop(tp, None)
 
     def _on_revoke(self, partitions: Collection[TopicPartition]) -> None:
-        # Runs on the poll thread, inside poll().
-        self.logger.debug("partitions revoked: %s", sorted(partitions))
-        self._drain(partitions, finish_backlog=False)
+        # Any thread: hand the news to the poll thread.
+        self._revoked.put(list(partitions))
+
+    def _forget_revoked(self) -> None:
+        """Drop the backlog and bookkeeping of revoked partitions."""
+        while True:
+            try:
+                revoked = set(self._revoked.get_nowait())
+            except queue.Empty:
+                return
+            self.logger.debug("partitions revoked: %s", sorted(revoked))
+            for tp in revoked:
+                self._outstanding.pop(tp, None)
+            self._backlog = collections.deque(
+                r for r in self._backlog if (r.topic, r.partition) not in revoked
+            )
 
     # -- handler threads ----------------------------------------------------
 

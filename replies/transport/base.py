@@ -24,8 +24,8 @@ __all__ = ["Record", "Reader", "GroupReader", "Transport", "TopicPartition", "Re
 
 TopicPartition = Tuple[str, int]
 
-#: Called by a group reader's owning thread, from inside ``poll()``, with the
-#: partitions it is about to lose, so the caller can finish and commit them.
+#: Called with the partitions a group reader lost in a rebalance. It may run
+#: on a transport thread (kafka-python's IO thread), so it must not block.
 RevokeCallback = Callable[[Collection[TopicPartition]], None]
 
 

@@ -17,7 +17,6 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Set
 
 import kafka
 import kafka.errors
-from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
@@ -73,15 +72,26 @@ class _KafkaReplyReader(Reader):
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Reports the partitions a rebalance really took away.
+
+    With the eager protocol every partition is revoked and the new
+    assignment handed out after; kafka-python keeps the position of those
+    assigned again, so only the difference is lost.
+    """
+
     def __init__(self, on_revoke: RevokeCallback) -> None:
         self._on_revoke = on_revoke
+        self._revoked: Set[TopicPartition] = set()
 
     def on_partitions_revoked(self, revoked: Collection[Any]) -> None:
-        if revoked:
-            self._on_revoke([(tp.topic, tp.partition) for tp in revoked])
+        self._revoked = {(tp.topic, tp.partition) for tp in revoked}
 
     def on_partitions_assigned(self, assigned: Collection[Any]) -> None:
-        logger.debug("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        kept = {(tp.topic, tp.partition) for tp in assigned}
+        logger.debug("assigned %s", sorted(kept))
+        lost, self._revoked = self._revoked - kept, set()
+        if lost:
+            self._on_revoke(sorted(lost))
 
 
 class _KafkaGroupReader(GroupReader):
@@ -211,15 +221,28 @@ class KafkaTransport(Transport):
     def create_topic(
         self, name: str, *, partitions: int = 1, config: Optional[Dict[str, str]] = None
     ) -> bool:
-        topic = NewTopic(name, partitions, self._replication_factor, topic_configs=config or {})
+        spec = {
+            name: {
+                "num_partitions": partitions,
+                "replication_factor": self._replication_factor,
+                "configs": config or {},
+            }
+        }
+        created = True
         try:
             with self._admin_lock:
-                self._admin_locked().create_topics([topic])
-        except kafka.errors.TopicAlreadyExistsError:
-            return False
+                admin = self._admin_locked()
+                try:
+                    admin.create_topics(spec)
+                except kafka.errors.TopicAlreadyExistsError:
+                    created = False
+                # A consumer group that subscribes before every partition of
+                # a new topic has a leader gets an assignment that leaves
+                # some partitions to nobody; so wait until they all have one.
+                admin.wait_for_topics([name])
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot create topic {name}: {exc}") from exc
-        return True
+        return created
 
     def delete_topic(self, name: str) -> None:
         try:
