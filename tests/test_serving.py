@@ -208,3 +208,33 @@ def test_codec_round_trip_is_what_agents_and_callers_share() -> None:
     message = codec.encode_request(1, reply_to="r", correlation_id="c")
     request = codec.decode_request(message.key, message.value, message.headers)
     assert (request.value, request.reply_to, request.correlation_id) == (1, "r", "c")
+
+
+def test_group_members_share_the_work_and_take_over(make_app: MakeApp) -> None:
+    def serving_member() -> replies.App:
+        member = make_app("shared", topic_partitions=4, session_timeout_ms=6000)
+
+        @member.agent(concurrency=2)
+        def whoami(value: Any) -> Any:
+            time.sleep(0.005)
+            return [value, member.reply_to]
+
+        return member.start().serve()
+
+    first, second = serving_member(), serving_member()
+    asker = first.agents["whoami"]
+    seen: set = set()
+    deadline = time.monotonic() + 60
+    while len(seen) < 2 and time.monotonic() < deadline:
+        got = asker.kvjoin([(f"k{i}", i) for i in range(40)])
+        assert [v for v, _ in got] == list(range(40))
+        seen |= {who for _, who in got}
+    assert seen == {first.reply_to, second.reply_to}, "both members do work"
+
+    stream = asker.kvmap([(f"k{i}", i) for i in range(300)], timeout=90)
+    values = []
+    for value, _ in stream:
+        values.append(value)
+        if len(values) == 30:
+            second.close()  # leaves the group: first takes its partitions
+    assert sorted(values) == list(range(300))
