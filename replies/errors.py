@@ -8,6 +8,7 @@ the remote agent ran and raised.
 
 from __future__ import annotations
 
+import concurrent.futures as _futures
 from typing import Any, Optional
 
 __all__ = [
@@ -27,7 +28,12 @@ class ReplyError(Exception):
     """Root of every exception this library raises on purpose."""
 
 
-class ReplyTimeoutError(ReplyError, TimeoutError):
+# Before Python 3.11, concurrent.futures had a TimeoutError of its own; be
+# both, so `except concurrent.futures.TimeoutError` catches ours everywhere.
+_TIMEOUT_BASES = tuple(dict.fromkeys((_futures.TimeoutError, TimeoutError)))
+
+
+class ReplyTimeoutError(ReplyError, *_TIMEOUT_BASES):  # type: ignore[misc]
     """No reply came in time. Also a builtin :class:`TimeoutError`.
 
     Attributes:

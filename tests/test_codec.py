@@ -314,3 +314,10 @@ def test_object_hook_leaves_scalars_and_error_bodies_alone() -> None:
     error = codec.encode_reply(CID, None, error=RemoteError("E", "m"))
     assert codec.decode_reply(error.value, error.headers).error is not None
     assert seen == []
+
+
+def test_reply_to_without_correlation_id_is_an_error() -> None:
+    with pytest.raises(ValueError, match="go together"):
+        Codec().encode_request(1, reply_to="r")
+    with pytest.raises(ValueError, match="go together"):
+        Codec().encode_request(1, correlation_id="c")

@@ -313,3 +313,11 @@ def test_stream_iterate_times_out_while_more_replies_are_due() -> None:
         for reply in stream.iterate(timeout=0.05):
             received.append(reply.value)
     assert received == ["a"]
+
+
+def test_timeout_error_is_caught_as_a_futures_timeout_too() -> None:
+    import concurrent.futures
+
+    error = ReplyTimeoutError("late")
+    assert isinstance(error, concurrent.futures.TimeoutError)
+    assert isinstance(error, TimeoutError)

@@ -219,6 +219,8 @@ class Codec:
             deadline: ``time.time()`` after which the caller stops waiting;
                 sent in a header so agents can skip stale work.
         """
+        if (reply_to is None) != (correlation_id is None):
+            raise ValueError("reply_to and correlation_id go together: give both or neither")
         headers: Headers = []
         payload: Optional[bytes]
         if reply_to is not None and correlation_id is not None and self.request_mode == "envelope":
