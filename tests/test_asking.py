@@ -394,3 +394,25 @@ def test_bad_settings_fail_early() -> None:
         replies.App("")
     with pytest.raises(ValueError):
         replies.App("x", request_mode="carrier-pigeon")
+
+
+def test_table_is_empty_after_20000_asks(echo_app: replies.App) -> None:
+    echo = echo_app.agents["echo"]
+    threads, per_thread = 20, 1000
+    failures: "queue.Queue[Any]" = queue.Queue()
+
+    def caller(n: int) -> None:
+        for i in range(per_thread):
+            if echo.ask(i, timeout=60)["value"] != i:
+                failures.put((n, i))
+
+    workers = [threading.Thread(target=caller, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(110)
+    assert failures.empty()
+    table = echo_app.reply_consumer.table
+    assert table.delivered >= threads * per_thread
+    assert len(table) == 0
+    assert len(table._deadlines) <= 64, "finished deadlines do not pile up"

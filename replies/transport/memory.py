@@ -38,6 +38,35 @@ from replies.transport.base import (
 __all__ = ["MemoryBroker", "MemoryTransport"]
 
 
+class _Log:
+    """One partition: records with offsets from ``base`` on.
+
+    Keeps at most ``retention`` records, like a size-based retention: a
+    long-running notebook or demo stays bounded in memory. A reader behind
+    the oldest kept record goes on from it.
+    """
+
+    def __init__(self, retention: int) -> None:
+        self.records: List[Record] = []
+        self.base = 0
+        self._retention = retention
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.records)
+
+    def append(self, record: Record) -> None:
+        self.records.append(record)
+        if len(self.records) > self._retention:
+            drop = len(self.records) - self._retention // 2
+            del self.records[:drop]
+            self.base += drop
+
+    def read(self, position: int, limit: int) -> List[Record]:
+        start = max(position, self.base) - self.base
+        return self.records[start : start + limit]
+
+
 class _Group:
     def __init__(self) -> None:
         self.members: List[int] = []
@@ -57,11 +86,17 @@ class MemoryBroker:
         # change of group membership.
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
-        self.topics: Dict[str, List[List[Record]]] = {}
+        self.topics: Dict[str, List[_Log]] = {}
         self.configs: Dict[str, Dict[str, str]] = {}
         self.groups: Dict[str, _Group] = {}
         self._member_ids = itertools.count(1)
         self._round_robin = itertools.count()
+
+    #: Records kept per partition (see :class:`_Log`).
+    retention = 10_000
+
+    def new_log(self) -> _Log:
+        return _Log(self.retention)
 
     @classmethod
     def named(cls, name: str) -> "MemoryBroker":
@@ -72,12 +107,12 @@ class MemoryBroker:
                 broker = cls._registry[name] = cls()
             return broker
 
-    def _partitions_locked(self, topic: str) -> List[List[Record]]:
+    def _partitions_locked(self, topic: str) -> List[_Log]:
         # Like Kafka's auto-creation: a topic used before it exists gets one
         # partition.
         partitions = self.topics.get(topic)
         if partitions is None:
-            partitions = self.topics[topic] = [[]]
+            partitions = self.topics[topic] = [self.new_log()]
         return partitions
 
     def append(self, topic: str, message: Message) -> None:
@@ -89,7 +124,7 @@ class MemoryBroker:
                 index = zlib.crc32(message.key) % len(partitions)
             log = partitions[index]
             log.append(
-                Record(topic, index, len(log), message.key, message.value, list(message.headers))
+                Record(topic, index, log.end, message.key, message.value, list(message.headers))
             )
             self.changed.notify_all()
 
@@ -123,7 +158,7 @@ class _MemoryReplyReader(Reader):
         self._topic = topic
         with broker.lock:
             partitions = broker._partitions_locked(topic)
-            self._positions = [len(log) for log in partitions]
+            self._positions = [log.end for log in partitions]
 
     def poll(self, timeout: float) -> List[Record]:
         deadline = time.monotonic() + timeout
@@ -140,8 +175,8 @@ class _MemoryReplyReader(Reader):
         self._positions += [0] * (len(partitions) - len(self._positions))
         taken: List[Record] = []
         for index, log in enumerate(partitions):
-            taken += log[self._positions[index] :]
-            self._positions[index] = len(log)
+            taken += log.read(self._positions[index], log.end)
+            self._positions[index] = log.end
         return taken
 
     def close(self) -> None:
@@ -209,9 +244,10 @@ class _MemoryGroupReader(GroupReader):
         partitions = self._broker._partitions_locked(self._topic)
         taken: List[Record] = []
         for index, position in self._positions.items():
-            batch = partitions[index][position : position + self._max_records - len(taken)]
+            batch = partitions[index].read(position, self._max_records - len(taken))
             taken += batch
-            self._positions[index] = position + len(batch)
+            if batch:
+                self._positions[index] = batch[-1].offset + 1
         return taken
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -264,7 +300,7 @@ class MemoryTransport(Transport):
         with self.broker.changed:
             if name in self.broker.topics:
                 return False
-            self.broker.topics[name] = [[] for _ in range(partitions)]
+            self.broker.topics[name] = [self.broker.new_log() for _ in range(partitions)]
             self.broker.configs[name] = dict(config or {})
             self.broker.changed.notify_all()
             return True
