@@ -11,8 +11,7 @@ import pytest
 
 import replies
 
-import os
-pytest_plugins = [os.environ.get("REPLIES_TEST_PLUGIN", "tests.kafka.plugin")]
+pytest_plugins = ["tests.kafka.plugin"]
 
 # Threads that libraries start once per process and keep on purpose.
 _LONG_LIVED_PREFIXES = ("pytest_timeout", "asyncio_")
@@ -73,7 +72,7 @@ def make_app(
     def make(id: str = "app", **settings: Any) -> replies.App:
         settings.setdefault("topic_partitions", 2)
         settings.setdefault("request_timeout", 20.0)
-        app = replies.App(prefix + id, broker=broker_url, **client_settings, **settings)
+        app = replies.App(prefix + id, broker=broker_url, **{**client_settings, **settings})
         apps.append(app)
         return app
 

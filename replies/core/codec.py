@@ -49,6 +49,9 @@ HEADER_DEADLINE = "Replies-Deadline"
 
 NS_REQUEST = "@ReqRepRequest"
 NS_RESPONSE = "@ReqRepResponse"
+# Faust's envelopes around a Record value (a JSON object with "__faust").
+NS_MODEL_REQUEST = "faust.agents.models.ModelReqRepRequest"
+NS_MODEL_RESPONSE = "faust.agents.models.ModelReqRepResponse"
 
 #: ``"headers"``: Faust >= 1.10's form; ``"envelope"``: older Faust's.
 REQUEST_MODES = ("headers", "envelope")
@@ -92,13 +95,12 @@ def _text(raw: Optional[bytes], what: str) -> Optional[str]:
 
 
 def echo_key(key: Optional[bytes]) -> Optional[str]:
-    """The request key as a reply echoes it: text, or ``None``."""
-    if key is None:
-        return None
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        return repr(key)
+    """The request key as a reply echoes it, in Faust's form.
+
+    Faust writes ``str()`` of the raw key, e.g. ``"b'k1'"``; callers only
+    need it for logs, and none should parse it.
+    """
+    return None if key is None else str(key)
 
 
 class Codec:
@@ -228,7 +230,7 @@ class Codec:
                 "value": value,
                 "reply_to": reply_to,
                 "correlation_id": correlation_id,
-                "__faust": {"ns": NS_REQUEST},
+                "__faust": {"ns": NS_MODEL_REQUEST if _is_record(value) else NS_REQUEST},
             }
             payload = self.dumps(envelope)
         else:
@@ -263,7 +265,7 @@ class Codec:
         except DecodeError as exc:
             exc.request = Request(None, key, reply_to, correlation_id, deadline)
             raise
-        if reply_to is None and _is_ns(decoded, NS_REQUEST):
+        if reply_to is None and _namespace(decoded) in (NS_REQUEST, NS_MODEL_REQUEST):
             return Request(
                 self._hook(decoded.get("value")),
                 key,
@@ -309,7 +311,7 @@ class Codec:
             "key": echo_key(key),
             "value": value,
             "correlation_id": correlation_id,
-            "__faust": {"ns": NS_RESPONSE},
+            "__faust": {"ns": NS_MODEL_RESPONSE if _is_record(value) else NS_RESPONSE},
         }
         return Message(None, self.dumps(body), headers)
 
@@ -344,11 +346,16 @@ class Codec:
         )
 
 
-def _is_ns(obj: Any, namespace: str) -> bool:
-    if not isinstance(obj, dict):
-        return False
-    meta = obj.get("__faust")
-    return isinstance(meta, dict) and meta.get("ns") == namespace
+def _namespace(obj: Any) -> Optional[str]:
+    """The ``__faust`` namespace of a JSON object, if it has one."""
+    meta = obj.get("__faust") if isinstance(obj, dict) else None
+    ns = meta.get("ns") if isinstance(meta, dict) else None
+    return ns if isinstance(ns, str) else None
+
+
+def _is_record(obj: Any) -> bool:
+    """Whether ``obj`` is a Faust Record as JSON (or made to look like one)."""
+    return _namespace(obj) is not None
 
 
 def _deadline_of(headers: Headers) -> Optional[float]:
