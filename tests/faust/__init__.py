@@ -1,0 +1,14 @@
+"""Interoperability groundwork with faust-streaming.
+
+Faust runs in its own virtualenv (see ``setup_venv.py``) and always in
+processes of its own: ``fapp.py`` is a Faust worker serving agents,
+``client.py`` is a Faust client asking agents by topic name, and
+``capture_wire.py`` records what both put on the wire into
+``tests/fixtures/faust_wire.json``.
+
+Nothing in this package imports ``faust`` into the test process.  Note the
+directory name: never put ``tests/`` itself on ``sys.path`` (that would make
+``import faust`` find this package); the Faust processes get
+``tests/faust`` on their path instead, so ``fapp`` is a top-level module
+there and its agents get stable topic names.
+"""
