@@ -193,9 +193,16 @@ class App:
         with self._lock:
             self._check_process()
             if self._consumer is None:
-                self._transport_locked()
+                fresh = self._transport is None
+                transport = self._transport_locked()
                 consumer = ReplyConsumer(self)
-                consumer.on_start()
+                try:
+                    consumer.on_start()
+                except BaseException:
+                    if fresh:  # leave nothing running behind a failed start
+                        self._transport = None
+                        transport.close(0)
+                    raise
                 self._consumer = consumer
         return self
 

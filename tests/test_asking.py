@@ -416,3 +416,11 @@ def test_table_is_empty_after_20000_asks(echo_app: replies.App) -> None:
     assert table.delivered >= threads * per_thread
     assert len(table) == 0
     assert len(table._deadlines) <= 64, "finished deadlines do not pile up"
+
+
+def test_a_missing_named_reply_topic_fails_start_cleanly(make_app: MakeApp) -> None:
+    app = make_app(reply_to="nobody-made-this-topic")
+    with pytest.raises(ValueError, match="reply_create_topic"):
+        app.start()
+    with pytest.raises(replies.ClosedError):
+        app.transport  # nothing left open; the thread-leak guard checks threads
