@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,8 +33,7 @@ class Workers:
             REPLIES_TEST_APP_ID=self.app_id,
             PYTHONPATH=str(ROOT),
         )
-        if "session_timeout_ms" in settings:
-            self.env["REPLIES_TEST_SESSION_TIMEOUT_MS"] = str(settings["session_timeout_ms"])
+        self.env["REPLIES_TEST_KAFKA_SETTINGS"] = json.dumps(settings)
         self.processes: List[subprocess.Popen[bytes]] = []
 
     def start(self, handler_seconds: float = 0.0) -> "subprocess.Popen[bytes]":

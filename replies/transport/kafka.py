@@ -179,10 +179,15 @@ class KafkaTransport(Transport):
             raise TransportError(f"cannot connect to {bootstrap_servers}: {exc}") from exc
 
     def _consumer(self, **config: Any) -> kafka.KafkaConsumer:
-        merged = {**_pick(self._settings, _CONSUMER), **config}
+        merged = {**_pick(self._settings, _CONSUMER - {"allow_auto_create_topics"}), **config}
         try:
+            # Consumers never create topics: a reply reader polling a topic
+            # just deleted on close would bring it back.
             return kafka.KafkaConsumer(
-                bootstrap_servers=self._bootstrap, enable_auto_commit=False, **merged
+                bootstrap_servers=self._bootstrap,
+                enable_auto_commit=False,
+                allow_auto_create_topics=False,
+                **merged,
             )
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot connect to {self._bootstrap}: {exc}") from exc
@@ -245,13 +250,25 @@ class KafkaTransport(Transport):
         return created
 
     def delete_topic(self, name: str) -> None:
-        try:
-            with self._admin_lock:
-                self._admin_locked().delete_topics([name])
-        except kafka.errors.UnknownTopicOrPartitionError:
-            pass
-        except kafka.errors.KafkaError as exc:
-            raise TransportError(f"cannot delete topic {name}: {exc}") from exc
+        with self._admin_lock:
+            # The shared admin client waited for this topic's metadata and
+            # would keep asking for it, and a broker that auto-creates topics
+            # may bring a topic back for that; so retire it and delete with
+            # a fresh client, closed at once.
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+            try:
+                admin = self._admin_locked()
+                admin.delete_topics([name])
+            except kafka.errors.UnknownTopicOrPartitionError:
+                pass
+            except kafka.errors.KafkaError as exc:
+                raise TransportError(f"cannot delete topic {name}: {exc}") from exc
+            finally:
+                if self._admin is not None:
+                    self._admin.close()
+                    self._admin = None
 
     def topic_exists(self, name: str) -> bool:
         try:

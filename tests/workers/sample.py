@@ -1,12 +1,14 @@
 """A worker module for tests that serve from another process.
 
 Configured by environment: ``REPLIES_TEST_BROKER_URL`` (a kafka:// URL),
-``REPLIES_TEST_APP_ID``, and ``REPLIES_TEST_HANDLER_SECONDS`` (how long
-``work`` takes per request).
+``REPLIES_TEST_APP_ID``, ``REPLIES_TEST_KAFKA_SETTINGS`` (JSON: the
+kafka-python settings the broker under test needs) and
+``REPLIES_TEST_HANDLER_SECONDS`` (how long ``work`` takes per request).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Dict
@@ -17,8 +19,7 @@ app = replies.App(
     os.environ.get("REPLIES_TEST_APP_ID", "sample"),
     broker=os.environ.get("REPLIES_TEST_BROKER_URL", "memory://"),
     topic_partitions=4,
-    session_timeout_ms=int(os.environ.get("REPLIES_TEST_SESSION_TIMEOUT_MS", "6000")),
-    heartbeat_interval_ms=1000,
+    **json.loads(os.environ.get("REPLIES_TEST_KAFKA_SETTINGS", "{}")),
 )
 
 
