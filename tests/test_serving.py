@@ -238,3 +238,28 @@ def test_group_members_share_the_work_and_take_over(make_app: MakeApp) -> None:
         if len(values) == 30:
             second.close()  # leaves the group: first takes its partitions
     assert sorted(values) == list(range(300))
+
+
+def test_slow_handlers_neither_stall_polling_nor_buffer_without_bound(make_app: MakeApp) -> None:
+    # Handling all requests takes twice max_poll_interval_ms: a worker that
+    # stopped polling while its handler is busy would be thrown out of the
+    # group and served the same records again.
+    app = make_app(topic_partitions=1, max_poll_interval_ms=3000)
+    calls: "queue.Queue[Any]" = queue.Queue()
+
+    @app.agent(concurrency=1)
+    def slow(value: Any) -> Any:
+        calls.put(value)
+        time.sleep(0.25)
+        return value
+
+    app.start().serve()
+    worker = app._workers[0]
+    promises = [slow.ask_nowait(i, timeout=60) for i in range(24)]
+    held = 0
+    while not all(p.done() for p in promises):
+        held = max(held, len(worker._backlog) + worker._in_flight)
+        time.sleep(0.005)
+    assert [p.result() for p in promises] == list(range(24))
+    assert held <= 2 * worker._max_in_flight, "records held in memory stay bounded"
+    assert calls.qsize() == 24, "each request handled once: the member never left the group"
