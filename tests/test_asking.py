@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from concurrent.futures import CancelledError
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
 
@@ -24,6 +24,18 @@ def running(app: replies.App) -> replies.App:
     app.start()
     app.serve()
     return app
+
+
+def stuck_agent(app: replies.App) -> Tuple[replies.Agent, threading.Event]:
+    """An agent that answers only once the returned event is set (or 10 s)."""
+    release = threading.Event()
+
+    @app.agent()
+    def stuck(value: Any) -> Any:
+        release.wait(10)
+        return value
+
+    return stuck, release
 
 
 @pytest.fixture
@@ -116,13 +128,7 @@ def test_join_of_many_more_items_than_a_queue_of_1000(echo_app: replies.App) -> 
 
 def test_ask_times_out_and_removes_its_waiter(make_app: MakeApp) -> None:
     app = make_app()
-    release = threading.Event()
-
-    @app.agent()
-    def stuck(value: Any) -> Any:
-        release.wait(10)
-        return value
-
+    stuck, release = stuck_agent(app)
     running(app)
     started = time.monotonic()
     with pytest.raises(replies.ReplyTimeoutError) as caught:
@@ -145,13 +151,7 @@ def test_ask_times_out_and_removes_its_waiter(make_app: MakeApp) -> None:
 
 def test_cancelling_a_promise_removes_its_waiter(make_app: MakeApp) -> None:
     app = make_app()
-    release = threading.Event()
-
-    @app.agent()
-    def stuck(value: Any) -> Any:
-        release.wait(10)
-        return value
-
+    stuck, release = stuck_agent(app)
     running(app)
     promise = stuck.ask_nowait(1)
     assert len(app.reply_consumer.table) == 1
@@ -230,13 +230,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def test_close_fails_requests_in_flight(make_app: MakeApp) -> None:
     server = make_app("server")
-    release = threading.Event()
-
-    @server.agent()
-    def stuck(value: Any) -> Any:
-        release.wait(10)
-        return value
-
+    stuck, release = stuck_agent(server)
     server.serve()
     client = make_app("client").start()
     promises = [client.topic(stuck.topic_name).ask_nowait(i, timeout=None) for i in range(3)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import pytest
 
@@ -41,6 +41,18 @@ def committed(app: replies.App, group_id: str) -> Dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
+def recording_echo(app: replies.App) -> Tuple[replies.Agent, "queue.Queue[Any]"]:
+    """An agent that replies with the value and records each value it got."""
+    calls: "queue.Queue[Any]" = queue.Queue()
+
+    @app.agent()
+    def echo(value: Any) -> Any:
+        calls.put(value)
+        return value
+
+    return echo, calls
+
+
 def test_handler_may_take_the_key(make_app: MakeApp) -> None:
     app = make_app()
 
@@ -73,13 +85,7 @@ def test_error_reply_with_traceback_when_configured(make_app: MakeApp) -> None:
 
 def test_undecodable_requests_get_error_replies_or_are_skipped(make_app: MakeApp) -> None:
     app = make_app()
-    calls: "queue.Queue[Any]" = queue.Queue()
-
-    @app.agent()
-    def echo(value: Any) -> Any:
-        calls.put(value)
-        return value
-
+    echo, calls = recording_echo(app)
     app.start().serve()
     promise = replies.ReplyPromise(app.reply_to, "bad-json", timeout=20)
     app.reply_consumer.add(promise.correlation_id, promise)
@@ -98,13 +104,7 @@ def test_undecodable_requests_get_error_replies_or_are_skipped(make_app: MakeApp
 
 def test_requests_past_their_deadline_are_skipped(make_app: MakeApp) -> None:
     app = make_app()
-    calls: "queue.Queue[Any]" = queue.Queue()
-
-    @app.agent()
-    def echo(value: Any) -> Any:
-        calls.put(value)
-        return value
-
+    echo, calls = recording_echo(app)
     app.start().serve()
     stale = app.codec.encode_request(
         "stale", reply_to=app.reply_to, correlation_id="stale-1", deadline=time.time() - 1

@@ -56,7 +56,9 @@ def _pick(settings: Mapping[str, Any], names: Set[str]) -> Dict[str, Any]:
     return {k: v for k, v in settings.items() if k in names}
 
 
-class _KafkaReplyReader(Reader):
+class _KafkaReader(Reader):
+    """A reader on one KafkaConsumer; reply readers are exactly this."""
+
     def __init__(self, consumer: kafka.KafkaConsumer) -> None:
         self._consumer = consumer
 
@@ -64,10 +66,11 @@ class _KafkaReplyReader(Reader):
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
         except kafka.errors.KafkaError as exc:
-            raise TransportError(f"polling replies failed: {exc}") from exc
+            raise TransportError(f"polling failed: {exc}") from exc
         return [_record(r) for batch in batches.values() for r in batch]
 
     def close(self) -> None:
+        # For a group member this leaves the group, so the others take over.
         self._consumer.close(autocommit=False)
 
 
@@ -94,17 +97,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             self._on_revoke(sorted(lost))
 
 
-class _KafkaGroupReader(GroupReader):
-    def __init__(self, consumer: kafka.KafkaConsumer) -> None:
-        self._consumer = consumer
-
-    def poll(self, timeout: float) -> List[Record]:
-        try:
-            batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
-        except kafka.errors.KafkaError as exc:
-            raise TransportError(f"polling requests failed: {exc}") from exc
-        return [_record(r) for batch in batches.values() for r in batch]
-
+class _KafkaGroupReader(_KafkaReader, GroupReader):
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
             return
@@ -123,10 +116,6 @@ class _KafkaGroupReader(GroupReader):
 
     def resume(self) -> None:
         self._consumer.resume(*self._consumer.paused())
-
-    def close(self) -> None:
-        # Leaves the group, so the other members take over at once.
-        self._consumer.close(autocommit=False)
 
 
 def _record(r: Any) -> Record:
@@ -290,7 +279,7 @@ class KafkaTransport(Transport):
             if isinstance(exc, kafka.errors.KafkaError):
                 raise TransportError(f"cannot read reply topic {topic}: {exc}") from exc
             raise
-        return _KafkaReplyReader(consumer)
+        return _KafkaReader(consumer)
 
     def group_reader(
         self, topic: str, group_id: str, *, on_revoke: RevokeCallback, max_records: int
