@@ -63,6 +63,9 @@ __all__ = ["AgentWorker"]
 _worker_ids = itertools.count(1)
 
 POLL_INTERVAL = 0.1
+# How long a saturated worker's poll may block: long enough for kafka-python
+# to make progress on a group join, short enough to refill handlers quickly.
+SATURATED_POLL = 0.01
 
 
 class AgentWorker:
@@ -141,9 +144,11 @@ class AgentWorker:
                 self._collect_done()
                 self._dispatch_backlog()
                 if self._backlog:
-                    # Saturated: stay in the group, wait for a handler.
+                    # Saturated: keep polling (paused, so no records) to stay
+                    # in the group; a zero timeout would never let a pending
+                    # rebalance complete. Then wait for a handler.
                     self._reader.pause()
-                    records = self._reader.poll(0)
+                    records = self._reader.poll(SATURATED_POLL)
                     self._collect_done(block=POLL_INTERVAL)
                 else:
                     self._reader.resume()

@@ -289,7 +289,15 @@ class KafkaTransport(Transport):
             auto_offset_reset="earliest",
             max_poll_records=max_records,
         )
-        consumer.subscribe([topic], listener=_Listener(on_revoke))
+        try:
+            # A member that joins before its own metadata knows the topic is
+            # assigned nothing, and kafka-python may notice only at its next
+            # periodic metadata refresh (minutes): learn the partitions first.
+            _wait_for_partitions(consumer, topic, timeout=30.0)
+            consumer.subscribe([topic], listener=_Listener(on_revoke))
+        except BaseException:
+            consumer.close(autocommit=False)
+            raise
         return _KafkaGroupReader(consumer)
 
     def close(self, timeout: Optional[float] = None) -> None:
@@ -310,5 +318,5 @@ def _wait_for_partitions(
         if partitions:
             return [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
         if time.monotonic() >= deadline:
-            raise TransportError(f"reply topic {topic} has no partitions after {timeout} s")
+            raise TransportError(f"topic {topic} has no partitions after {timeout} s")
         time.sleep(0.05)
