@@ -53,6 +53,9 @@ NS_RESPONSE = "@ReqRepResponse"
 NS_MODEL_REQUEST = "faust.agents.models.ModelReqRepRequest"
 NS_MODEL_RESPONSE = "faust.agents.models.ModelReqRepResponse"
 
+# What json.dumps encodes without calling ``default``.
+_JSON_TYPES = (dict, list, tuple, str, int, float)
+
 #: ``"headers"``: Faust >= 1.10's form; ``"envelope"``: older Faust's.
 REQUEST_MODES = ("headers", "envelope")
 VALUE_SERIALIZERS = ("json", "raw")
@@ -181,6 +184,20 @@ class Codec:
             return self._object_hook({k: self._hook(v) for k, v in obj.items()})
         return obj
 
+    def _jsonable(self, value: Any) -> Any:
+        """``value``, or what ``json_default`` makes of it if JSON cannot.
+
+        An envelope's namespace depends on whether its value is a Faust
+        Record; a user type that ``json_default`` turns into a Record's JSON
+        must count as one, so it is converted before the namespace is chosen.
+        """
+        if self._json_default is None or value is None or isinstance(value, _JSON_TYPES):
+            return value
+        try:
+            return self._json_default(value)
+        except (TypeError, ValueError):
+            return value  # dumps() reports it, with advice
+
     def encode_value(self, value: Any) -> Optional[bytes]:
         """Serialize a request value with the value serializer."""
         if self.value_serializer == "raw":
@@ -226,6 +243,7 @@ class Codec:
         headers: Headers = []
         payload: Optional[bytes]
         if reply_to is not None and correlation_id is not None and self.request_mode == "envelope":
+            value = self._jsonable(value)
             envelope = {
                 "value": value,
                 "reply_to": reply_to,
@@ -265,7 +283,9 @@ class Codec:
         except DecodeError as exc:
             exc.request = Request(None, key, reply_to, correlation_id, deadline)
             raise
-        if reply_to is None and _namespace(decoded) in (NS_REQUEST, NS_MODEL_REQUEST):
+        # As in Faust, an envelope wins over reply headers: a value that is
+        # a request envelope is unwrapped whatever the headers say.
+        if _namespace(decoded) in (NS_REQUEST, NS_MODEL_REQUEST):
             return Request(
                 self._hook(decoded.get("value")),
                 key,
@@ -303,6 +323,8 @@ class Codec:
                 "traceback": error.remote_traceback,
             }
             headers.append((HEADER_ERROR, b"1"))
+        else:
+            value = self._jsonable(value)
         if more:
             headers.append((HEADER_MORE, b"1"))
         if end:

@@ -1,7 +1,9 @@
-"""Run Faust in processes of its own: a worker (``fapp.py``) and a client.
+"""Run each side in processes of its own: Faust's worker and client, and ours.
 
 Used by ``capture_wire.py`` and by the interoperability tests; imports
-nothing from Faust (the processes run the interpreter of ``.venv-faust``).
+nothing from Faust (the Faust processes run the interpreter of
+``.venv-faust``).  ``OurWorker`` runs ``python -m replies worker`` on
+``ours.py`` with the interpreter of the tests.
 
     python = faust_python()                       # builds the venv once
     with FaustWorker("127.0.0.1:9092", app_id="fz") as worker:
@@ -18,6 +20,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +28,10 @@ from types import TracebackType
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Type
 
 HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
 FAPP_AGENTS = ("double", "echo", "fail", "flip", "norm")
+#: The agents of ``ours.py`` (its ``AGENTS``), in the order it serves them.
+OURS_AGENTS = ("double", "keyed", "flip", "fail")
 
 #: What a Faust worker logs once its agents are subscribed and assigned.
 _READY_MARK = "[^Worker]: Ready"
@@ -66,7 +72,11 @@ def agent_topic(app_id: str, agent: str, topic_prefix: str = "") -> str:
     return f"{app_id}-fapp.{agent}"
 
 
-class FaustWorkerError(RuntimeError):
+class WorkerError(RuntimeError):
+    """A worker process did not start, or died."""
+
+
+class FaustWorkerError(WorkerError):
     """The Faust worker did not start, or died."""
 
 
@@ -138,20 +148,8 @@ class FaustWorker:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(10)
+        if proc is not None:
+            _terminate(proc, self.stop_timeout)
 
     def log_text(self) -> str:
         try:
@@ -172,6 +170,116 @@ class FaustWorker:
         tb: Optional[TracebackType],
     ) -> None:
         self.stop()
+
+
+class OurWorker:
+    """``python -m replies worker tests.faust.ours:app`` in a subprocess.
+
+    ``start()`` returns once the worker logs that it serves every agent of
+    ``ours.py`` (each agent's topic is created before that line, so a
+    request sent afterwards cannot make the broker auto-create it);
+    ``stop()`` sends SIGTERM and, if the worker is not gone within
+    ``stop_timeout`` seconds, SIGKILL.  Its output goes to ``log_path``.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        app_id: str = "ours",
+        kafka_settings: Optional[Mapping[str, Any]] = None,
+        ready_timeout: float = 60.0,
+        stop_timeout: float = 30.0,
+        workdir: Optional[Path] = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.app_id = app_id
+        self.kafka_settings = dict(kafka_settings or {})
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"replies-worker-{app_id}-"))
+        self.log_path = self.workdir / "worker.log"
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.topics = {a: f"{app_id}-{a}" for a in OURS_AGENTS}
+
+    def start(self) -> "OurWorker":
+        env = dict(os.environ)
+        env.update({
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+            "OURS_BROKER": f"kafka://{self.bootstrap}",
+            "OURS_APP_ID": self.app_id,
+            "OURS_KAFKA_SETTINGS": json.dumps(self.kafka_settings),
+        })
+        cmd = [sys.executable, "-m", "replies", "worker", "tests.faust.ours:app"]
+        # A file, not a pipe: a pipe nobody reads blocks a chatty worker.
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        assert self.proc is not None
+        marks = [f"serving agent {a} on topic {t}" for a, t in self.topics.items()]
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            if all(mark in text for mark in marks):
+                return
+            if self.proc.poll() is not None:
+                raise WorkerError(f"replies worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            time.sleep(0.1)
+        raise WorkerError(f"replies worker not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _terminate(proc, self.stop_timeout)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def __enter__(self) -> "OurWorker":
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.stop()
+
+
+def _terminate(proc: "subprocess.Popen[bytes]", timeout: float) -> None:
+    """SIGTERM the process group of ``proc``; SIGKILL it after ``timeout`` s."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
 
 
 class FaustClientError(RuntimeError):

@@ -12,7 +12,7 @@ import pytest
 from tests.faust.conftest import FaustClient
 from tests.faust.procs import FaustWorker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 POINT_NS = "fapp.Point"
 
