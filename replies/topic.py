@@ -113,8 +113,8 @@ class Topic:
         """Send a request and yield every reply of a streaming agent.
 
         An agent whose handler is a generator sends one reply per yielded
-        value; this yields each as it arrives and ends after the last. For
-        a plain handler it yields its one reply.
+        value to a stream request; this yields each as it arrives and ends
+        after the last. For a plain handler it yields its one reply.
 
         Args:
             timeout: for the whole stream (default: ``request_timeout``).
@@ -124,7 +124,7 @@ class Topic:
         """
         seconds = self.app._timeout(timeout)
         promise = ReplyStream(self.app.reply_to, str(uuid.uuid4()), timeout=seconds)
-        self._request(promise, promise.correlation_id, key, value, seconds)
+        self._request(promise, promise.correlation_id, key, value, seconds, stream=True)
         return self._values(promise, seconds)
 
     # -- many requests ----------------------------------------------------
@@ -209,7 +209,14 @@ class Topic:
     # -- internals ----------------------------------------------------------
 
     def _request(
-        self, waiter: ReplyPromise, cid: str, key: Any, value: Any, seconds: Optional[float]
+        self,
+        waiter: ReplyPromise,
+        cid: str,
+        key: Any,
+        value: Any,
+        seconds: Optional[float],
+        *,
+        stream: bool = False,
     ) -> None:
         """Encode, register the waiter for ``cid``, then produce."""
         app = self.app
@@ -219,6 +226,7 @@ class Topic:
             reply_to=app.reply_to,
             correlation_id=cid,
             deadline=deadline_after(seconds),
+            stream=stream,
         )
         consumer = app._reply_consumer()
         consumer.add(cid, waiter)

@@ -418,3 +418,32 @@ def test_a_missing_named_reply_topic_fails_start_cleanly(make_app: MakeApp) -> N
         app.start()
     with pytest.raises(replies.ClosedError):
         app.transport  # nothing left open; the thread-leak guard checks threads
+
+
+def test_a_generator_agent_sends_one_reply_unless_asked_to_stream(make_app: MakeApp) -> None:
+    app = make_app()
+    closed = threading.Event()
+
+    @app.agent()
+    def numbers(n: int) -> Any:
+        try:
+            yield from range(1, n + 1)
+        finally:
+            closed.set()
+
+    running(app)
+    reader = app.transport.reply_reader(app.reply_to, timeout=20)
+    try:
+        assert numbers.ask(3) == 1
+        assert closed.wait(10), "the generator is closed after its first value"
+        assert numbers.ask(0) is None
+        assert list(numbers.stream(3)) == [1, 2, 3]
+        records: List[Any] = []
+        deadline = time.monotonic() + 10
+        while len(records) < 6 and time.monotonic() < deadline:
+            records += reader.poll(0.2)
+    finally:
+        reader.close()
+    # ask(3), ask(0): one reply each; stream(3): three values and an end marker.
+    assert len(records) == 6
+    assert app.reply_consumer.table.unknown == 0

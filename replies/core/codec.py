@@ -35,6 +35,7 @@ __all__ = [
     "HEADER_MORE",
     "HEADER_END",
     "HEADER_DEADLINE",
+    "HEADER_STREAM",
     "REQUEST_MODES",
 ]
 
@@ -46,6 +47,7 @@ HEADER_ERROR = "Replies-Error"
 HEADER_MORE = "Replies-More"
 HEADER_END = "Replies-End"
 HEADER_DEADLINE = "Replies-Deadline"
+HEADER_STREAM = "Replies-Stream"
 
 NS_REQUEST = "@ReqRepRequest"
 NS_RESPONSE = "@ReqRepResponse"
@@ -79,6 +81,8 @@ class Request(NamedTuple):
     correlation_id: Optional[str]
     #: ``time.time()`` after which nobody waits for the reply, if known.
     deadline: Optional[float]
+    #: The caller takes every reply of a generator agent (else only one).
+    stream: bool = False
 
 
 def _header(headers: Sequence[Tuple[str, Optional[bytes]]], name: str) -> Optional[bytes]:
@@ -231,12 +235,16 @@ class Codec:
         reply_to: Optional[str] = None,
         correlation_id: Optional[str] = None,
         deadline: Optional[float] = None,
+        stream: bool = False,
     ) -> Message:
         """Build a request record; without ``reply_to`` it is a cast.
 
         Args:
             deadline: ``time.time()`` after which the caller stops waiting;
                 sent in a header so agents can skip stale work.
+            stream: the caller takes every reply a generator agent yields.
+                Only this library's callers ask for that: a Faust caller
+                must get exactly one reply per request.
         """
         if (reply_to is None) != (correlation_id is None):
             raise ValueError("reply_to and correlation_id go together: give both or neither")
@@ -260,6 +268,8 @@ class Codec:
                 ]
         if deadline is not None:
             headers.append((HEADER_DEADLINE, repr(float(deadline)).encode("ascii")))
+        if stream:
+            headers.append((HEADER_STREAM, b"1"))
         return Message(self.encode_key(key), payload, headers)
 
     def decode_request(
@@ -276,12 +286,13 @@ class Codec:
         reply_to = _text(_header(headers, HEADER_REPLY_TO), HEADER_REPLY_TO)
         correlation_id = _text(_header(headers, HEADER_CORRELATION_ID), HEADER_CORRELATION_ID)
         deadline = _deadline_of(headers)
+        stream = _header(headers, HEADER_STREAM) is not None
         try:
             if self.value_serializer == "raw" or value is None:
-                return Request(value, key, reply_to, correlation_id, deadline)
+                return Request(value, key, reply_to, correlation_id, deadline, stream)
             decoded = self.loads(value)
         except DecodeError as exc:
-            exc.request = Request(None, key, reply_to, correlation_id, deadline)
+            exc.request = Request(None, key, reply_to, correlation_id, deadline, stream)
             raise
         # As in Faust, an envelope wins over reply headers: a value that is
         # a request envelope is unwrapped whatever the headers say.
@@ -292,8 +303,9 @@ class Codec:
                 decoded.get("reply_to") or None,
                 decoded.get("correlation_id") or None,
                 deadline,
+                stream,
             )
-        return Request(self._hook(decoded), key, reply_to, correlation_id, deadline)
+        return Request(self._hook(decoded), key, reply_to, correlation_id, deadline, stream)
 
     # -- replies --------------------------------------------------------
 

@@ -285,12 +285,19 @@ class AgentWorker:
         acks: List[Future[None]] = []
         try:
             result = self.agent.invoke(request.value, request.key)
-            if inspect.isgenerator(result):
+            if not inspect.isgenerator(result):
+                acks += self._reply(request, result)
+            elif request.stream:
                 for value in result:  # each yielded value is sent at once
                     acks += self._reply(request, value, more=True)
                 acks += self._reply(request, None, end=True)
             else:
-                acks += self._reply(request, result)
+                # One reply per request, as Faust callers require (a second
+                # one with the same correlation id breaks their consumer).
+                try:
+                    acks += self._reply(request, next(result, None))
+                finally:
+                    result.close()
         except Exception as exc:
             self.logger.exception(
                 "agent %s raised on request %s", self.agent.name, request.correlation_id

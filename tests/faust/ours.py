@@ -22,13 +22,15 @@ Agents (``AGENTS``):
 ``flip``    takes a Faust ``Point`` Record (a dict here) and replies with a
             ``Point`` whose coordinates are swapped.
 ``fail``    raises ``ValueError``: the caller gets an error reply.
+``count``   a generator yielding 1, 2, ... value: a Faust caller gets exactly
+            one reply (the first value) per request.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import replies
 
@@ -55,6 +57,11 @@ def flip(point: Dict[str, Any]) -> Dict[str, Any]:
     # A Record arrives as a dict with its "__faust" namespace; returning one
     # with the same namespace gives the Faust client a Record back.
     return {"x": point["y"], "y": point["x"], "__faust": point["__faust"]}
+
+
+@app.agent()
+def count(value: int) -> Iterator[int]:
+    yield from range(1, value + 1)
 
 
 @app.agent()

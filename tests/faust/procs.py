@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 FAPP_AGENTS = ("double", "echo", "fail", "flip", "norm")
 #: The agents of ``ours.py`` (its ``AGENTS``), in the order it serves them.
-OURS_AGENTS = ("double", "keyed", "flip", "fail")
+OURS_AGENTS = ("double", "keyed", "flip", "count", "fail")
 
 #: What a Faust worker logs once its agents are subscribed and assigned.
 _READY_MARK = "[^Worker]: Ready"
