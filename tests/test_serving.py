@@ -263,3 +263,23 @@ def test_slow_handlers_neither_stall_polling_nor_buffer_without_bound(make_app: 
     assert [p.result() for p in promises] == list(range(24))
     assert held <= 2 * worker._max_in_flight, "records held in memory stay bounded"
     assert calls.qsize() == 24, "each request handled once: the member never left the group"
+
+
+def test_a_reply_that_cannot_be_sent_is_never_committed(make_app: MakeApp) -> None:
+    app = make_app(topic_partitions=1)
+    echo, calls = recording_echo(app)
+    app.start().serve()
+    transport = app.transport
+    real_produce = transport.produce
+
+    def produce_failing_replies(topic: str, message: Message) -> Any:
+        if topic == app.reply_to:
+            raise replies.TransportError("the broker is gone (simulated)")
+        return real_produce(topic, message)
+
+    transport.produce = produce_failing_replies  # type: ignore[method-assign]
+    echo.ask_nowait("lost reply")
+    assert calls.get(timeout=20) == "lost reply"
+    worker = app._workers[0]
+    _wait_for(lambda: not worker.alive)  # stops rather than skip the request
+    assert committed(app, echo.group_id).get(0, 0) == 0

@@ -254,12 +254,17 @@ class AgentWorker:
     # -- handler threads ----------------------------------------------------
 
     def _handle(self, record: Record) -> None:
+        def done(ok: bool) -> None:
+            self._done.put((record.topic, record.partition, record.offset, ok))
+
         try:
             acks = self._serve(record)
         except BaseException:
-            self.logger.exception("unexpected error serving %s", _where(record))
-            acks = []
-        _when_acked(acks, lambda ok: self._done.put((record.topic, record.partition, record.offset, ok)))
+            # A reply could not even be queued: never commit past it.
+            self.logger.exception("cannot serve %s", _where(record))
+            done(False)
+            return
+        _when_acked(acks, done)
 
     def _serve(self, record: Record) -> List[Future[None]]:
         """Run the handler for one record and send its replies.
