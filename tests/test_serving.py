@@ -5,7 +5,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -283,3 +284,34 @@ def test_a_reply_that_cannot_be_sent_is_never_committed(make_app: MakeApp) -> No
     worker = app._workers[0]
     _wait_for(lambda: not worker.alive)  # stops rather than skip the request
     assert committed(app, echo.group_id).get(0, 0) == 0
+
+
+def test_a_rebalance_that_never_finishes_makes_the_member_rejoin(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from replies.threads import agent_worker
+
+    monkeypatch.setattr(agent_worker, "REBALANCE_STUCK", 0.3)
+    monkeypatch.setattr(agent_worker, "REBALANCE_POLL", 0.05)
+    app = replies.App("stuck-rebalance", broker=f"memory://{uuid.uuid4()}")
+    echo, calls = recording_echo(app)
+    app.start()
+    open_reader = app.transport.group_reader
+    opened: List[Any] = []
+
+    def group_reader(*args: Any, **kwargs: Any) -> Any:
+        reader = open_reader(*args, **kwargs)
+        if not opened:  # the first member never finishes its rebalance
+            stuck = property(lambda self: self is opened[0])
+            monkeypatch.setattr(type(reader), "rebalancing", stuck)
+        opened.append(reader)
+        return reader
+
+    monkeypatch.setattr(app.transport, "group_reader", group_reader)
+    try:
+        app.serve()
+        assert echo.ask("after rejoining", timeout=10) == "after rejoining"
+        assert len(opened) == 2
+        assert "rebalance unfinished" in caplog.text
+    finally:
+        app.close()

@@ -1,4 +1,8 @@
-"""Agents served by other processes (``python -m replies worker``), on a real broker."""
+"""Agents served by other processes (``python -m replies worker``), on a real broker.
+
+Each worker logs to a file in the test's temporary directory; set
+``REPLIES_TEST_WORKER_LOGLEVEL=debug`` to see kafka-python's side too.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ class Workers:
         # A file, not a pipe: a pipe nobody reads blocks a chatty worker.
         with open(self.logs / f"worker-{len(self.processes)}.log", "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "replies", "worker", "tests.workers.sample:app"],
+                [sys.executable, "-m", "replies", "worker", "tests.workers.sample:app", "--loglevel", os.environ.get("REPLIES_TEST_WORKER_LOGLEVEL", "info")],
                 cwd=ROOT,
                 env=env,
                 stdout=log,

@@ -63,9 +63,13 @@ __all__ = ["AgentWorker"]
 _worker_ids = itertools.count(1)
 
 POLL_INTERVAL = 0.1
-# How long a saturated worker's poll may block: long enough for kafka-python
-# to make progress on a group join, short enough to refill handlers quickly.
+# How long a saturated worker's poll may block: short, to refill handlers
+# quickly, but not zero, which would never let a group join progress.
 SATURATED_POLL = 0.01
+# Polls during a rebalance: long, so the join completes inside one.
+REBALANCE_POLL = 1.0
+# A rebalance unfinished after this long is taken as stuck: rejoin.
+REBALANCE_STUCK = 15.0
 
 
 class AgentWorker:
@@ -105,6 +109,8 @@ class AgentWorker:
         # free while the broker acknowledges, so allow a few per thread.
         self._max_in_flight = 4 * agent.concurrency
         self._failed: Optional[str] = None
+        # When the rebalance under way was first seen (poll thread only).
+        self._rebalance_started: Optional[float] = None
         self._thread = threading.Thread(
             target=self._run_poller,
             name=f"replies-agent-{agent.name}-{next(_worker_ids)}",
@@ -114,13 +120,16 @@ class AgentWorker:
 
     def start(self) -> None:
         """Join the consumer group and start polling. Does not block."""
-        self._reader = self.app.transport.group_reader(
+        self._reader = self._open_reader()
+        self._thread.start()
+
+    def _open_reader(self) -> GroupReader:
+        return self.app.transport.group_reader(
             self.agent.topic_name,
             self.agent.group_id,
             on_revoke=self._on_revoke,
             max_records=self._max_in_flight,
         )
-        self._thread.start()
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Finish consumed requests, commit, and leave the group.
@@ -141,12 +150,21 @@ class AgentWorker:
     def _run_poller(self) -> None:
         try:
             while not self._stopping.is_set() and self._failed is None:
+                if self._reader.rebalancing:
+                    # Wait inside poll(), where kafka-python completes a
+                    # group join: one whose last response arrives between
+                    # two polls can be lost, leaving the member stuck.
+                    records = self._reader.poll(REBALANCE_POLL)
+                    self._forget_revoked()
+                    self._take(records)
+                    self._check_rebalance_progress()
+                    continue
+                self._rebalance_started = None
                 self._collect_done()
                 self._dispatch_backlog()
                 if self._backlog:
                     # Saturated: keep polling (paused, so no records) to stay
-                    # in the group; a zero timeout would never let a pending
-                    # rebalance complete. Then wait for a handler.
+                    # in the group, then wait for a handler to finish.
                     self._reader.pause()
                     records = self._reader.poll(SATURATED_POLL)
                     self._collect_done(block=POLL_INTERVAL)
@@ -168,6 +186,24 @@ class AgentWorker:
                 self._pool.shutdown(wait=True)
         if self._failed is not None:
             self.logger.error("agent %s stopped: %s", self.agent.name, self._failed)
+
+    def _check_rebalance_progress(self) -> None:
+        """Rejoin the group if a rebalance has not finished in time."""
+        now = time.monotonic()
+        if self._rebalance_started is None:
+            self._rebalance_started = now
+        elif now - self._rebalance_started > REBALANCE_STUCK:
+            self.logger.warning(
+                "agent %s: group rebalance unfinished after %.0f s; rejoining the group",
+                self.agent.name,
+                now - self._rebalance_started,
+            )
+            # Everything uncommitted is read again by whoever gets it.
+            self._revoked.put(list(self._outstanding))
+            self._forget_revoked()
+            self._reader.close()
+            self._reader = self._open_reader()
+            self._rebalance_started = None
 
     def _take(self, records: List[Record]) -> None:
         for record in records:

@@ -75,6 +75,11 @@ class GroupReader(Reader):
     def resume(self) -> None:
         """Undo :meth:`pause`."""
 
+    @property
+    def rebalancing(self) -> bool:
+        """Whether a group rebalance is under way: keep polling to finish it."""
+        return False
+
 
 class Transport(abc.ABC):
     """A connection to a broker (or to the in-process memory broker).

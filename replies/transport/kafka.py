@@ -85,19 +85,31 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, on_revoke: RevokeCallback) -> None:
         self._on_revoke = on_revoke
         self._revoked: Set[TopicPartition] = set()
+        #: From the start of a rebalance (revocation) to its end (assignment).
+        self.rebalancing = False
 
     def on_partitions_revoked(self, revoked: Collection[Any]) -> None:
+        self.rebalancing = True
         self._revoked = {(tp.topic, tp.partition) for tp in revoked}
 
     def on_partitions_assigned(self, assigned: Collection[Any]) -> None:
         kept = {(tp.topic, tp.partition) for tp in assigned}
         logger.debug("assigned %s", sorted(kept))
         lost, self._revoked = self._revoked - kept, set()
+        self.rebalancing = False
         if lost:
             self._on_revoke(sorted(lost))
 
 
 class _KafkaGroupReader(_KafkaReader, GroupReader):
+    def __init__(self, consumer: kafka.KafkaConsumer, listener: _Listener) -> None:
+        super().__init__(consumer)
+        self._listener = listener
+
+    @property
+    def rebalancing(self) -> bool:
+        return self._listener.rebalancing
+
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
             return
@@ -294,11 +306,12 @@ class KafkaTransport(Transport):
             # assigned nothing, and kafka-python may notice only at its next
             # periodic metadata refresh (minutes): learn the partitions first.
             _wait_for_partitions(consumer, topic, timeout=30.0)
-            consumer.subscribe([topic], listener=_Listener(on_revoke))
+            listener = _Listener(on_revoke)
+            consumer.subscribe([topic], listener=listener)
         except BaseException:
             consumer.close(autocommit=False)
             raise
-        return _KafkaGroupReader(consumer)
+        return _KafkaGroupReader(consumer, listener)
 
     def close(self, timeout: Optional[float] = None) -> None:
         self._producer.close(timeout=timeout)
