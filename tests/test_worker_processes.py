@@ -170,7 +170,9 @@ def test_sigterm_answers_every_request_it_consumed(
     assert sorted(p.result(90)["value"] for p in promises) == list(range(count))
 
 
-@pytest.mark.parametrize("where", ["memory", "kafka"])
+# The demo uses kafka-python's default 45 s session timeout, and Tansu holds
+# every group join for half of it: the demo on a broker is for Apache Kafka.
+@pytest.mark.parametrize("where", ["memory", pytest.param("kafka", marks=pytest.mark.kafka_only)])
 def test_demo_runs(where: str, request: pytest.FixtureRequest) -> None:
     command = [sys.executable, "-m", "replies", "demo"]
     if where == "kafka":

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Type
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Type, TypeVar
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -35,6 +35,9 @@ OURS_AGENTS = ("double", "keyed", "flip", "count", "fail")
 
 #: What a Faust worker logs once its agents are subscribed and assigned.
 _READY_MARK = "[^Worker]: Ready"
+
+
+_W = TypeVar("_W", bound="_WorkerProcess")
 
 
 def faust_python() -> Path:
@@ -80,7 +83,47 @@ class FaustWorkerError(WorkerError):
     """The Faust worker did not start, or died."""
 
 
-class FaustWorker:
+class _WorkerProcess:
+    """A worker process logging to a file; a context manager that stops it.
+
+    Subclasses set ``proc``, ``log_path`` and ``stop_timeout`` and define
+    ``start()``, which returns the worker once it is ready.
+    """
+
+    proc: Optional["subprocess.Popen[bytes]"]
+    log_path: Path
+    stop_timeout: float
+
+    def start(self: _W) -> _W:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _terminate(proc, self.stop_timeout)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def __enter__(self: _W) -> _W:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.stop()
+
+
+class FaustWorker(_WorkerProcess):
     """``python -m faust -A fapp worker`` in a subprocess, as a context manager.
 
     ``start()`` returns once the worker logs that it is ready (its consumer
@@ -146,33 +189,8 @@ class FaustWorker:
         raise FaustWorkerError(
             f"Faust worker not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
 
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            _terminate(proc, self.stop_timeout)
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def __enter__(self) -> "FaustWorker":
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.stop()
-
-
-class OurWorker:
+class OurWorker(_WorkerProcess):
     """``python -m replies worker tests.faust.ours:app`` in a subprocess.
 
     ``start()`` returns once the worker logs that it serves every agent of
@@ -237,31 +255,6 @@ class OurWorker:
                 raise WorkerError(f"replies worker exited with {self.proc.returncode}:\n{self.log_tail()}")
             time.sleep(0.1)
         raise WorkerError(f"replies worker not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            _terminate(proc, self.stop_timeout)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def __enter__(self) -> "OurWorker":
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.stop()
 
 
 def _terminate(proc: "subprocess.Popen[bytes]", timeout: float) -> None:
