@@ -21,8 +21,13 @@ their backlog and bookkeeping before it takes more records: the new owner
 reads everything uncommitted from the committed offset. Records still in
 flight are answered but not committed, so a rebalance can answer a request
 twice; callers ignore the duplicate. We commit after every batch of
-finished records to keep that window small. Stopping handles the backlog,
-waits for the records in flight, commits, then leaves the group.
+finished records to keep that window small. While a rebalance is under
+way the poll thread only polls, with a long timeout: kafka-python completes
+a group join inside ``poll()``, and can lose one whose last response
+arrives between two polls; a rebalance that still has not finished after
+``REBALANCE_STUCK`` seconds is abandoned by rejoining with a new consumer.
+Stopping handles the backlog, waits for the records in flight, commits,
+then leaves the group.
 """
 
 from __future__ import annotations
