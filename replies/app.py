@@ -18,7 +18,7 @@ from replies.errors import ClosedError, ForkedError, TransportError
 from replies.threads.agent_worker import AgentWorker
 from replies.threads.reply_consumer import ReplyConsumer
 from replies.topic import DEFAULT, Topic
-from replies.transport import Transport, open_transport
+from replies.transport import Transport, check_broker, open_transport
 
 __all__ = ["App"]
 
@@ -102,7 +102,8 @@ class App:
             reply_expires = reply_expires.total_seconds()
         if reply_expires <= 0:
             raise ValueError(f"reply_expires must be > 0, not {reply_expires!r}")
-        _check_broker(broker, kafka_settings)
+        # Checked now, not at start(), so a typo fails where it is made.
+        check_broker(broker, kafka_settings)
         self.id = id
         self.broker = broker
         self.reply_to = reply_to or f"{reply_to_prefix}{uuid.uuid4()}"
@@ -359,15 +360,3 @@ class App:
                 "post_fork hook, or lazily on first request)."
             )
 
-
-def _check_broker(url: str, kafka_settings: Dict[str, Any]) -> None:
-    scheme = url.partition("://")[0]
-    if scheme not in ("kafka", "memory") or "://" not in url:
-        raise ValueError(f"broker must be kafka://host:port[,...] or memory://, not {url!r}")
-    if kafka_settings:
-        # Checked now, not at start(), so a typo fails where it is made.
-        from replies.transport.kafka import KAFKA_SETTINGS
-
-        unknown = sorted(set(kafka_settings) - KAFKA_SETTINGS)
-        if unknown:
-            raise TypeError(f"unknown App or Kafka client settings: {', '.join(unknown)}")

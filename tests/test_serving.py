@@ -132,13 +132,7 @@ def test_envelope_mode_requests_are_served(make_app: MakeApp) -> None:
 
 def test_cast_runs_the_handler_without_reply(make_app: MakeApp) -> None:
     app = make_app()
-    calls: "queue.Queue[Any]" = queue.Queue()
-
-    @app.agent()
-    def sink(value: Any) -> str:
-        calls.put(value)
-        return "ignored"
-
+    sink, calls = recording_echo(app)
     app.start().serve()
     sink.cast("fire").result(20)
     assert calls.get(timeout=20) == "fire"

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, List, Mapping, Tuple
 
 from replies.transport.base import GroupReader, Reader, Record, Transport
 
-__all__ = ["GroupReader", "Reader", "Record", "Transport", "open_transport"]
+__all__ = ["GroupReader", "Reader", "Record", "Transport", "check_broker", "open_transport"]
+
+
+def check_broker(url: str, settings: Mapping[str, Any]) -> None:
+    """Check a broker URL and kafka-python settings without connecting.
+
+    Raises:
+        ValueError: an unknown scheme or no host.
+        TypeError: a setting no kafka-python client accepts, or one this
+            library manages itself.
+    """
+    _parse(url)
+    if settings:
+        # Imported only when needed, so that memory:// never loads kafka-python.
+        from replies.transport.kafka import check_settings
+
+        check_settings(settings)
+
+
+def _parse(url: str) -> Tuple[str, List[str]]:
+    """Split a broker URL into its scheme and hosts (one name for memory)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"broker URL needs a scheme (kafka:// or memory://): {url!r}")
+    if scheme == "memory":
+        return scheme, [rest]
+    if scheme == "kafka":
+        hosts = [h.strip() for h in rest.rstrip("/").split(",") if h.strip()]
+        if not hosts:
+            raise ValueError(f"no host in broker URL {url!r}")
+        return scheme, hosts
+    raise ValueError(f"unknown broker URL scheme {scheme!r} in {url!r} (use kafka:// or memory://)")
 
 
 def open_transport(url: str, settings: Mapping[str, Any], *, replication_factor: int = -1) -> Transport:
@@ -22,19 +53,11 @@ def open_transport(url: str, settings: Mapping[str, Any], *, replication_factor:
         TypeError: an unknown Kafka setting.
         TransportError: the Kafka client could not be created.
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ValueError(f"broker URL needs a scheme (kafka:// or memory://): {url!r}")
+    scheme, hosts = _parse(url)
     if scheme == "memory":
         from replies.transport.memory import MemoryTransport
 
-        return MemoryTransport(rest)
-    if scheme == "kafka":
-        hosts = [h.strip() for h in rest.rstrip("/").split(",") if h.strip()]
-        if not hosts:
-            raise ValueError(f"no host in broker URL {url!r}")
-        # Imported here so that memory:// never loads kafka-python.
-        from replies.transport.kafka import KafkaTransport
+        return MemoryTransport(hosts[0])
+    from replies.transport.kafka import KafkaTransport
 
-        return KafkaTransport(hosts, settings, replication_factor=replication_factor)
-    raise ValueError(f"unknown broker URL scheme {scheme!r} in {url!r} (use kafka:// or memory://)")
+    return KafkaTransport(hosts, settings, replication_factor=replication_factor)

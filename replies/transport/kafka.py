@@ -31,7 +31,7 @@ from replies.transport.base import (
     Transport,
 )
 
-__all__ = ["KafkaTransport", "KAFKA_SETTINGS"]
+__all__ = ["KafkaTransport", "KAFKA_SETTINGS", "check_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,20 @@ _RESERVED = {
     "group_id",
     "enable_auto_commit",
 }
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse settings no kafka-python client accepts, or that we manage.
+
+    Raises:
+        TypeError: naming the offending settings.
+    """
+    unknown = sorted(set(settings) - KAFKA_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown App or Kafka client settings: {', '.join(unknown)}")
+    reserved = sorted(set(settings) & _RESERVED)
+    if reserved:
+        raise TypeError(f"these settings are managed by replies: {', '.join(reserved)}")
 
 
 def _pick(settings: Mapping[str, Any], names: Set[str]) -> Dict[str, Any]:
@@ -160,12 +174,7 @@ class KafkaTransport(Transport):
         replication_factor: int = -1,
     ) -> None:
         settings = dict(settings or {})
-        unknown = sorted(set(settings) - KAFKA_SETTINGS)
-        if unknown:
-            raise TypeError(f"unknown Kafka client settings: {', '.join(unknown)}")
-        reserved = sorted(set(settings) & _RESERVED)
-        if reserved:
-            raise TypeError(f"these settings are managed by replies: {', '.join(reserved)}")
+        check_settings(settings)
         self._settings = settings
         self._bootstrap = bootstrap_servers
         self._replication_factor = replication_factor

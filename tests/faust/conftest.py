@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, Sequence
+from typing import Any, Callable, Dict, Iterator, Mapping, Sequence, TypeVar
 
 import pytest
 
@@ -35,13 +35,11 @@ def faust_python() -> Path:
         pytest.fail(f"cannot set up the Faust virtualenv: {exc!r}", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def faust_worker(
-    kafka_bootstrap: str, faust_python: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[procs.FaustWorker]:
-    app_id = f"fz{uuid.uuid4().hex[:8]}"
-    worker = procs.FaustWorker(kafka_bootstrap, app_id=app_id, python=faust_python,
-                               workdir=tmp_path_factory.mktemp(f"faust-worker-{app_id}"))
+_Worker = TypeVar("_Worker", procs.FaustWorker, procs.OurWorker)
+
+
+def _running(worker: _Worker) -> Iterator[_Worker]:
+    """Start ``worker`` for a fixture, fail the test if it cannot, stop it after."""
     try:
         worker.start()
         yield worker
@@ -49,6 +47,16 @@ def faust_worker(
         pytest.fail(str(exc), pytrace=False)
     finally:
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def faust_worker(
+    kafka_bootstrap: str, faust_python: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[procs.FaustWorker]:
+    app_id = f"fz{uuid.uuid4().hex[:8]}"
+    worker = procs.FaustWorker(kafka_bootstrap, app_id=app_id, python=faust_python,
+                               workdir=tmp_path_factory.mktemp(f"faust-worker-{app_id}"))
+    yield from _running(worker)
 
 
 FaustClient = Callable[..., Dict[str, Any]]
@@ -70,10 +78,4 @@ def our_worker(
     app_id = f"ours{uuid.uuid4().hex[:8]}"
     worker = procs.OurWorker(kafka_bootstrap, app_id=app_id, kafka_settings=kafka_client_settings,
                              workdir=tmp_path_factory.mktemp(f"replies-worker-{app_id}"))
-    try:
-        worker.start()
-        yield worker
-    except procs.WorkerError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    finally:
-        worker.stop()
+    yield from _running(worker)

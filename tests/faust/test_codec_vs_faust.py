@@ -22,7 +22,6 @@ import ast
 import base64
 import json
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,6 +30,7 @@ import pytest
 from replies.core.codec import Codec, Message, Request
 from replies.core.table import Reply
 from replies.errors import RemoteError
+from tests.faust.records import POINT_NS, Point, point_default, point_hook
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "faust_wire.json"
 WIRE: Dict[str, Any] = json.loads(FIXTURE.read_text())
@@ -41,7 +41,6 @@ REQUESTS = [r["id"].rpartition("/")[0] for r in WIRE["records"] if r["kind"] == 
 REPLIES = [r["id"].rpartition("/")[0] for r in WIRE["records"] if r["kind"] == "reply"]
 REPLY_TOPIC: str = WIRE["reply_topic"]
 MODES = ["headers", "envelope"]
-POINT_NS = "fapp.Point"
 
 
 def _bytes(b64: Optional[str]) -> Optional[bytes]:
@@ -185,26 +184,6 @@ def test_captured_replies_echo_keys_and_records() -> None:
 
 
 # -- (e) Records as the user's own type -------------------------------------
-
-
-@dataclass(frozen=True)
-class Point:
-    """A user's own class for Faust's ``fapp.Point`` Record."""
-
-    x: int
-    y: int
-
-
-def point_hook(obj: Dict[str, Any]) -> Any:
-    if obj.get("__faust") == {"ns": POINT_NS}:
-        return Point(obj["x"], obj["y"])
-    return obj
-
-
-def point_default(obj: Any) -> Any:
-    if isinstance(obj, Point):
-        return {"x": obj.x, "y": obj.y, "__faust": {"ns": POINT_NS}}
-    raise TypeError(f"not JSON: {obj!r}")
 
 
 def point_codec(mode: str = "headers") -> Codec:

@@ -11,10 +11,10 @@ import pytest
 
 from tests.faust.conftest import FaustClient
 from tests.faust.procs import FaustWorker
+from tests.faust.records import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-POINT_NS = "fapp.Point"
 
 
 def test_faust_client_asks_faust_worker(faust_worker: FaustWorker, faust_client: FaustClient) -> None:
@@ -23,7 +23,7 @@ def test_faust_client_asks_faust_worker(faust_worker: FaustWorker, faust_client:
     # subscribed to the names the tests use.
     assert topics["double"] == f"{faust_worker.app_id}-fapp.double"
     assert f"{topics['double']} " in faust_worker.log_text()
-    point = {"x": 1, "y": 2, "__faust": {"ns": POINT_NS}}
+    point = record(1, 2)
     out = faust_client([
         {"op": "ask", "topic": topics["double"], "value": 21},
         {"op": "ask", "topic": topics["double"], "value": 21, "key": "k1", "envelope": True},
@@ -36,7 +36,7 @@ def test_faust_client_asks_faust_worker(faust_worker: FaustWorker, faust_client:
         {"ok": True, "value": 42, "error": None},
         {"ok": True, "value": 42, "error": None},
         {"ok": True, "value": [2, 4, 6], "error": None},
-        {"ok": True, "value": {"x": 2, "y": 1, "__faust": {"ns": POINT_NS}}, "error": None},
+        {"ok": True, "value": record(2, 1), "error": None},
         {"ok": False, "value": None, "error": "timeout"},
     ]
     assert out["reply_to"].startswith("f-reply-")

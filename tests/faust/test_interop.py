@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
@@ -28,36 +27,11 @@ import pytest
 
 import replies
 from tests.faust import procs
+from tests.faust.records import Point, point_default, point_hook, record
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 MODES = ["headers", "envelope"]
-POINT_NS = "fapp.Point"
-
-
-def record(x: int, y: int) -> Dict[str, Any]:
-    """A ``fapp.Point`` Faust Record, as its JSON reads."""
-    return {"x": x, "y": y, "__faust": {"ns": POINT_NS}}
-
-
-@dataclass(frozen=True)
-class Point:
-    """The caller's own class for Faust's ``fapp.Point``."""
-
-    x: int
-    y: int
-
-
-def point_hook(obj: Dict[str, Any]) -> Any:
-    if obj.get("__faust") == {"ns": POINT_NS}:
-        return Point(obj["x"], obj["y"])
-    return obj
-
-
-def point_default(obj: Any) -> Any:
-    if isinstance(obj, Point):
-        return record(obj.x, obj.y)
-    raise TypeError(f"cannot encode {obj!r}")
 
 
 @pytest.fixture
