@@ -21,6 +21,7 @@ __all__ = [
     "DeadlockError",
     "ForkedError",
     "DecodeError",
+    "NoRespondersError",
 ]
 
 
@@ -77,6 +78,21 @@ class RemoteError(ReplyError):
         self.message = message
         self.remote_traceback = remote_traceback
         self.correlation_id = correlation_id
+
+
+class NoRespondersError(ReplyError):
+    """Nobody can answer: the topic asked does not exist.
+
+    Raised at once instead of waiting for a timeout (and instead of letting
+    the broker auto-create the topic with one partition).
+
+    Attributes:
+        topic: the topic that was asked.
+    """
+
+    def __init__(self, message: str, *, topic: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.topic = topic
 
 
 class ClosedError(ReplyError):
