@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ import threading
 import uuid
 from concurrent.futures import Future
 from types import FrameType, TracebackType
-from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Type, TypeVar, Union
 
 from replies.agent import Agent
 from replies.core.codec import Codec, Message
@@ -103,7 +104,7 @@ class App:
         if reply_expires <= 0:
             raise ValueError(f"reply_expires must be > 0, not {reply_expires!r}")
         # Checked now, not at start(), so a typo fails where it is made.
-        check_broker(broker, kafka_settings)
+        check_broker(broker, kafka_settings, also_known=_app_settings())
         self.id = id
         self.broker = broker
         self.reply_to = reply_to or f"{reply_to_prefix}{uuid.uuid4()}"
@@ -360,3 +361,9 @@ class App:
                 "post_fork hook, or lazily on first request)."
             )
 
+
+
+
+def _app_settings() -> FrozenSet[str]:
+    """The App's own keyword settings, offered when a setting is misspelt."""
+    return frozenset(inspect.signature(App.__init__).parameters) - {"self", "id", "kafka_settings"}

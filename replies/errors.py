@@ -40,6 +40,7 @@ class ReplyTimeoutError(ReplyError, *_TIMEOUT_BASES):  # type: ignore[misc]
     Attributes:
         correlation_id: the request that timed out, if it was a single one.
         timeout: the timeout in seconds that ran out.
+        topic: the topic that was asked, when known.
     """
 
     def __init__(
@@ -48,10 +49,12 @@ class ReplyTimeoutError(ReplyError, *_TIMEOUT_BASES):  # type: ignore[misc]
         *,
         correlation_id: Optional[str] = None,
         timeout: Optional[float] = None,
+        topic: Optional[str] = None,
     ) -> None:
         super().__init__(message)
         self.correlation_id = correlation_id
         self.timeout = timeout
+        self.topic = topic
 
 
 class RemoteError(ReplyError):

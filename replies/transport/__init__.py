@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Tuple
+from typing import Any, Collection, List, Mapping, Tuple
 
 from replies.transport.base import GroupReader, Reader, Record, Transport
 
 __all__ = ["GroupReader", "Reader", "Record", "Transport", "check_broker", "open_transport"]
 
 
-def check_broker(url: str, settings: Mapping[str, Any]) -> None:
+def check_broker(url: str, settings: Mapping[str, Any], also_known: Collection[str] = ()) -> None:
     """Check a broker URL and kafka-python settings without connecting.
+
+    Args:
+        url: the broker URL.
+        settings: kafka-python settings.
+        also_known: the caller's own setting names, for "did you mean".
 
     Raises:
         ValueError: an unknown scheme or no host.
@@ -22,7 +27,7 @@ def check_broker(url: str, settings: Mapping[str, Any]) -> None:
         # Imported only when needed, so that memory:// never loads kafka-python.
         from replies.transport.kafka import check_settings
 
-        check_settings(settings)
+        check_settings(settings, also_known)
 
 
 def _parse(url: str) -> Tuple[str, List[str]]:

@@ -20,7 +20,16 @@ from typing import Callable, Collection, Dict, List, Mapping, NamedTuple, Option
 
 from replies.core.codec import Headers, Message
 
-__all__ = ["Record", "Reader", "GroupReader", "Transport", "TopicPartition", "RevokeCallback"]
+__all__ = [
+    "Record",
+    "Reader",
+    "GroupReader",
+    "Transport",
+    "TopicPartition",
+    "RevokeCallback",
+    "ReaderGroup",
+    "TopicReaders",
+]
 
 TopicPartition = Tuple[str, int]
 
@@ -38,6 +47,24 @@ class Record(NamedTuple):
     key: Optional[bytes]
     value: Optional[bytes]
     headers: Headers
+
+
+class ReaderGroup(NamedTuple):
+    """A consumer group that reads a topic, as :meth:`Transport.describe_readers` sees it."""
+
+    group_id: str
+    #: Members reading the topic now (0: the group exists but nobody is in it).
+    members: int
+    #: Records of the topic the group has not committed yet.
+    lag: int
+
+
+class TopicReaders(NamedTuple):
+    """Who reads a topic: its partition count and the groups reading it."""
+
+    topic: str
+    partitions: int
+    groups: List[ReaderGroup]
 
 
 class Reader(abc.ABC):
@@ -142,3 +169,17 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def close(self, timeout: Optional[float] = None) -> None:
         """Flush and release everything. Idempotent."""
+
+    def describe_readers(self, topic: str) -> Optional[TopicReaders]:
+        """Which consumer groups read ``topic``: members and lag of each.
+
+        Blocks for a few admin round trips on Kafka (each bounded by the
+        client's ``request_timeout_ms``).
+
+        Returns:
+            None if the topic does not exist.
+
+        Raises:
+            TransportError: the broker could not be asked.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot describe readers")

@@ -9,6 +9,7 @@ errors are re-raised as :class:`TransportError` with the cause chained.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Set
 
 import kafka
 import kafka.errors
+from kafka.admin import OffsetSpec
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
@@ -26,8 +28,10 @@ from replies.transport.base import (
     GroupReader,
     Reader,
     Record,
+    ReaderGroup,
     RevokeCallback,
     TopicPartition,
+    TopicReaders,
     Transport,
 )
 
@@ -52,18 +56,32 @@ _RESERVED = {
 }
 
 
-def check_settings(settings: Mapping[str, Any]) -> None:
+def check_settings(settings: Mapping[str, Any], also_known: Collection[str] = ()) -> None:
     """Refuse settings no kafka-python client accepts, or that we manage.
+
+    Args:
+        settings: the kafka-python settings to check.
+        also_known: other valid names (the App's own settings), offered
+            with the Kafka ones as "did you mean" suggestions.
 
     Raises:
         TypeError: naming the offending settings.
     """
     unknown = sorted(set(settings) - KAFKA_SETTINGS)
     if unknown:
-        raise TypeError(f"unknown App or Kafka client settings: {', '.join(unknown)}")
+        candidates = sorted(KAFKA_SETTINGS | set(also_known))
+        raise TypeError(
+            "unknown App or Kafka client settings: "
+            + ", ".join(_with_suggestion(name, candidates) for name in unknown)
+        )
     reserved = sorted(set(settings) & _RESERVED)
     if reserved:
         raise TypeError(f"these settings are managed by replies: {', '.join(reserved)}")
+
+
+def _with_suggestion(name: str, candidates: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f"{name} (did you mean {close[0]}?)" if close else name
 
 
 def _pick(settings: Mapping[str, Any], names: Set[str]) -> Dict[str, Any]:
@@ -330,6 +348,20 @@ class KafkaTransport(Transport):
                 self._admin = None
 
 
+    def describe_readers(self, topic: str) -> Optional[TopicReaders]:
+        """See :meth:`Transport.describe_readers`.
+
+        Looks at every classic consumer group of the cluster: a group reads
+        ``topic`` if a member subscribes to it, or if it has committed
+        offsets on it (a group whose members are all gone). Each admin
+        request is bounded by the admin client's ``request_timeout_ms``.
+        """
+        try:
+            with self._admin_lock:
+                return _describe_readers(self._admin_locked(), topic)
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"cannot describe the readers of {topic}: {exc}") from exc
+
 def _wait_for_partitions(
     consumer: kafka.KafkaConsumer, topic: str, timeout: float
 ) -> List[kafka.TopicPartition]:
@@ -342,3 +374,35 @@ def _wait_for_partitions(
         if time.monotonic() >= deadline:
             raise TransportError(f"topic {topic} has no partitions after {timeout} s")
         time.sleep(0.05)
+
+
+def _describe_readers(admin: kafka.KafkaAdminClient, topic: str) -> Optional[TopicReaders]:
+    if topic not in admin.list_topics():
+        return None
+    (described,) = admin.describe_topics([topic])
+    partitions = [kafka.TopicPartition(topic, p["partition_index"]) for p in described["partitions"]]
+    group_ids = [
+        g["group_id"]
+        for g in admin.list_groups()
+        if g.get("protocol_type") == "consumer" and g.get("group_type", "classic") == "classic"
+    ]
+    members: Dict[str, int] = {}
+    for group_id, group in (admin.describe_groups(group_ids) if group_ids else {}).items():
+        members[group_id] = sum(
+            topic in ((member.get("member_metadata") or {}).get("topics") or ())
+            for member in group.get("members") or ()
+        )
+    # Committed offsets on this topic tell which member-less groups read it.
+    committed = admin.list_group_offsets({g: partitions for g in group_ids}) if group_ids else {}
+    ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
+    starts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in partitions})
+    groups: List[ReaderGroup] = []
+    for group_id in sorted(group_ids):
+        offsets = {tp: meta.offset for tp, meta in committed.get(group_id, {}).items()}
+        if not members.get(group_id) and not any(o >= 0 for o in offsets.values()):
+            continue  # neither reads nor ever read this topic
+        lag = sum(
+            ends[tp].offset - max(starts[tp].offset, offsets.get(tp, -1)) for tp in partitions
+        )
+        groups.append(ReaderGroup(group_id, members.get(group_id, 0), max(0, lag)))
+    return TopicReaders(topic, len(partitions), groups)

@@ -30,8 +30,10 @@ from replies.transport.base import (
     GroupReader,
     Reader,
     Record,
+    ReaderGroup,
     RevokeCallback,
     TopicPartition,
+    TopicReaders,
     Transport,
 )
 
@@ -72,6 +74,8 @@ class _Group:
         self.members: List[int] = []
         self.generation = 0
         self.committed: Dict[TopicPartition, int] = {}
+        #: The topics its members subscribed to.
+        self.topics: Set[str] = set()
 
 
 class MemoryBroker:
@@ -201,6 +205,8 @@ class _MemoryGroupReader(GroupReader):
         self._positions: Dict[int, int] = {}
         self._paused = False
         self._member: Optional[int] = broker.join(group_id)
+        with broker.lock:
+            broker.groups[group_id].topics.add(topic)
 
     def _rebalance(self) -> None:
         """Catch up with the group's generation; revoke outside the lock."""
@@ -324,3 +330,22 @@ class MemoryTransport(Transport):
 
     def close(self, timeout: Optional[float] = None) -> None:
         self._closed = True
+
+    def describe_readers(self, topic: str) -> Optional[TopicReaders]:
+        with self.broker.lock:
+            partitions = self.broker.topics.get(topic)
+            if partitions is None:
+                return None
+            groups = [
+                ReaderGroup(
+                    group_id,
+                    len(group.members),
+                    sum(
+                        log.end - max(log.base, group.committed.get((topic, index), 0))
+                        for index, log in enumerate(partitions)
+                    ),
+                )
+                for group_id, group in sorted(self.broker.groups.items())
+                if topic in group.topics
+            ]
+            return TopicReaders(topic, len(partitions), groups)
