@@ -212,9 +212,10 @@ class KafkaTransport(Transport):
         # Guards `_producer` (replaced after a fatal error) and `_closed`.
         self._producer_lock = threading.Lock()
         self._closed = False
-        # Guards `_pending`: acknowledgement futures not yet done.
+        # Guards `_pending`: acknowledgement futures not yet done, with
+        # the topic of each.
         self._pending_lock = threading.Lock()
-        self._pending: Set[Future[None]] = set()
+        self._pending: Dict[Future[None], str] = {}
         self._producer = self._new_producer(time.monotonic() + self._max_block)
 
     def _new_producer(self, deadline: float) -> kafka.KafkaProducer:
@@ -226,7 +227,34 @@ class KafkaTransport(Transport):
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot connect to {self._bootstrap}: {exc}") from exc
         _set_auto_create(producer._metadata, self._auto_create)
+        producer._metadata.add_listener(self._on_metadata)
         return producer
+
+    def _on_metadata(self, cluster: Any) -> None:
+        """Fail records to topics that were deleted since they were sent.
+
+        kafka-python retries such a record until ``delivery_timeout_ms``
+        (two minutes); a metadata response without the topic, nor an id for
+        it, says it is gone. Runs on the producer's IO thread after each
+        metadata update: reads and completes futures, never blocks.
+        """
+        with self._pending_lock:
+            topics = set(self._pending.values())
+        gone = {
+            topic
+            for topic in topics
+            if topic in cluster._topics
+            and cluster.partitions_for_topic(topic) is None
+            and cluster.topic_id(topic) is None
+        }
+        if not gone:
+            return
+        with self._pending_lock:
+            lost = [(acked, topic) for acked, topic in self._pending.items() if topic in gone]
+        for topic in gone:
+            _untrack(cluster, topic)
+        for acked, topic in lost:
+            _settle(acked, NoRespondersError(f"topic {topic} does not exist (deleted)", topic=topic))
 
     def _consumer(self, **config: Any) -> kafka.KafkaConsumer:
         merged = {**_pick(self._settings, _CONSUMER - {"allow_auto_create_topics"}), **config}
@@ -278,7 +306,7 @@ class KafkaTransport(Transport):
             raise TransportError(f"cannot send to {topic}: {exc}", topic=topic) from exc
         acked: Future[None] = Future()
         with self._pending_lock:
-            self._pending.add(acked)
+            self._pending[acked] = topic
         acked.add_done_callback(self._forget)
 
         def on_error(exc: BaseException) -> None:
@@ -306,7 +334,7 @@ class KafkaTransport(Transport):
 
     def _forget(self, acked: Future[None]) -> None:
         with self._pending_lock:
-            self._pending.discard(acked)
+            self._pending.pop(acked, None)
 
     def _live_producer(self, deadline: float) -> kafka.KafkaProducer:
         """The producer to send with, replacing one that failed for good."""
