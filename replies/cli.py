@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import traceback
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import IO, Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from replies import __version__
@@ -396,16 +397,18 @@ def _map(args: argparse.Namespace, out: IO[str], stdin: IO[str], err: IO[str]) -
 def _send(args: argparse.Namespace, stdin: IO[str]) -> int:
     value = _value(args.value, stdin)
     app = _client_app(args)
-    # Only the producer is needed: no reply topic, no reply consumer.
+    # Only a producer is needed: no reply topic, no reply consumer.
     transport = open_transport(app.broker, app.kafka_settings)
     try:
-        # Producing to a missing topic would have the broker create it.
-        if not transport.topic_exists(args.topic):
-            raise NoRespondersError(
-                f"topic {args.topic} does not exist: nobody serves it", topic=args.topic
-            )
         message = app.codec.encode_request(value, key=args.key)
-        transport.produce(args.topic, message).result(args.connect_timeout)
+        # Raises NoRespondersError at once for a topic that does not exist.
+        acked = transport.produce(args.topic, message, timeout=args.connect_timeout)
+        try:
+            acked.result(args.connect_timeout)
+        except FutureTimeoutError:
+            raise TransportError(
+                f"the broker did not acknowledge the request within {args.connect_timeout} s"
+            ) from None
     finally:
         transport.close(args.connect_timeout)
     return EXIT_OK

@@ -103,7 +103,25 @@ class ClosedError(ReplyError):
 
 
 class TransportError(ReplyError):
-    """The broker or the network failed; the cause is chained."""
+    """The broker or the network failed; the cause is chained.
+
+    Attributes:
+        topic: the topic the failed operation was about, if any.
+        cause: a short keyword for what went wrong, when known:
+            ``"too_large"`` (the broker or the client refused a record for
+            its size), ``"producer_reset"`` (the record was lost because
+            another one made the producer fail and it was replaced),
+            ``"timeout"`` (the operation's time ran out, e.g. waiting for a
+            topic's metadata with the broker down), ``"closed"``; else
+            ``None``.
+    """
+
+    def __init__(
+        self, message: str, *, topic: Optional[str] = None, cause: Optional[str] = None
+    ) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.cause = cause
 
 
 class ReplyConsumerError(TransportError):

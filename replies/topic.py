@@ -7,13 +7,14 @@ table when it is answered, times out, is cancelled, or the App closes.
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Dict, Generator, Iterable, Iterator, List, Optional, Tuple, Union
 
 from replies.core.codec import deadline_after
 from replies.core.promise import BarrierState, ReplyPromise, ReplyStream, on_reply_thread
-from replies.errors import DeadlockError
+from replies.errors import DeadlockError, NoRespondersError, ReplyTimeoutError
 
 if TYPE_CHECKING:
     from replies.app import App
@@ -155,15 +156,22 @@ class Topic:
             ReplyTimeoutError: no reply in time (the waiter is removed).
             RemoteError: the agent raised.
             ClosedError: the App closed first.
+            NoRespondersError: the topic does not exist (at once).
             TransportError: the request could not be sent.
             DeadlockError: called on the reply thread.
         """
         _refuse_on_reply_thread("ask()")
         promise = self.ask_nowait(value, key=key, timeout=timeout)
         try:
-            return promise.result(promise.timeout)
+            # Sending may have taken part of the time (a metadata wait).
+            left = None if promise.deadline is None else max(0.0, promise.deadline - time.monotonic())
+            return promise.result(left)
+        except ReplyTimeoutError:
+            promise.cancel()
+            # Report the request's timeout, not what was left of it.
+            raise promise.timeout_error(promise.timeout) from None
         except BaseException:
-            promise.cancel()  # a timeout or Ctrl-C: stop waiting for it
+            promise.cancel()  # Ctrl-C: stop waiting for it
             raise
 
     def ask_nowait(
@@ -174,11 +182,13 @@ class Topic:
         The promise is registered before the request leaves; it fails with
         :class:`ReplyTimeoutError` once ``timeout`` passes even if nobody
         waits on it. Cancel it to stop waiting. Its done-callbacks run on
-        the reply thread.
+        the reply thread. Blocks only while the topic's metadata is unknown
+        (the first request to it), at most ``timeout``.
 
         Raises:
             TypeError: the value cannot be serialized.
             ClosedError: the App is not started or closed.
+            NoRespondersError: the topic does not exist.
             TransportError: the request could not be queued.
         """
         seconds = self.app._timeout(timeout)
@@ -357,7 +367,14 @@ class Topic:
         consumer = app._reply_consumer()
         consumer.add(cid, waiter)
         try:
-            acked = app._produce(self.topic_name, message)
+            try:
+                acked = app._produce(self.topic_name, message, timeout=seconds)
+            except NoRespondersError as exc:
+                raise NoRespondersError(
+                    f"nobody serves topic {self.topic_name}: it does not exist. Is a "
+                    f"worker serving it? Check with `replies ping {self.topic_name}`",
+                    topic=self.topic_name,
+                ) from exc
         except BaseException as exc:
             consumer.table.discard(cid)
             waiter.reject(cid, exc)

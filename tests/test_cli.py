@@ -272,9 +272,9 @@ def test_timeout_exits_3_and_names_the_topic(served: Served, kafka_bootstrap: st
 @pytest.mark.integration
 def test_no_responders_exits_5(served: Served) -> None:
     missing = f"{served.app_id}-missing-{uuid.uuid4().hex[:6]}"
-    for args in (["ping", missing], ["send", missing, "1"]):
-        line = assert_one_line_error(client(served, *args), cli.EXIT_NO_RESPONDERS)
-        assert f"topic {missing} does not exist" in line
+    for args in (["ask", missing, "1"], ["map", missing], ["send", missing, "1"], ["ping", missing]):
+        line = assert_one_line_error(client(served, *args, stdin="1\n"), cli.EXIT_NO_RESPONDERS)
+        assert missing in line and "does not exist" in line
 
 
 @pytest.mark.integration

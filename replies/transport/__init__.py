@@ -45,13 +45,21 @@ def _parse(url: str) -> Tuple[str, List[str]]:
     raise ValueError(f"unknown broker URL scheme {scheme!r} in {url!r} (use kafka:// or memory://)")
 
 
-def open_transport(url: str, settings: Mapping[str, Any], *, replication_factor: int = -1) -> Transport:
+def open_transport(
+    url: str,
+    settings: Mapping[str, Any],
+    *,
+    replication_factor: int = -1,
+    auto_create_topics: bool = False,
+) -> Transport:
     """Open the transport a broker URL names.
 
     Args:
         url: ``"kafka://host:port[,host:port...]"`` or ``"memory://[NAME]"``.
         settings: kafka-python client settings (ignored by ``memory://``).
         replication_factor: for topics created on Kafka.
+        auto_create_topics: a record to a missing topic creates it (else it
+            is refused with :class:`~replies.errors.NoRespondersError`).
 
     Raises:
         ValueError: an unknown scheme or no host.
@@ -62,7 +70,12 @@ def open_transport(url: str, settings: Mapping[str, Any], *, replication_factor:
     if scheme == "memory":
         from replies.transport.memory import MemoryTransport
 
-        return MemoryTransport(hosts[0])
+        return MemoryTransport(hosts[0], auto_create_topics=auto_create_topics)
     from replies.transport.kafka import KafkaTransport
 
-    return KafkaTransport(hosts, settings, replication_factor=replication_factor)
+    return KafkaTransport(
+        hosts,
+        settings,
+        replication_factor=replication_factor,
+        auto_create_topics=auto_create_topics,
+    )
