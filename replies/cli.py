@@ -382,13 +382,23 @@ def _ask(args: argparse.Namespace, out: IO[str], stdin: IO[str]) -> int:
 
 def _map(args: argparse.Namespace, out: IO[str], stdin: IO[str], err: IO[str]) -> int:
     values = _read_values(args.file, stdin)
+    progress = _progress_wanted(err)
+    write = _print_json
+    if progress:
+        from tqdm.auto import tqdm
+
+        def write(value: Any, out: IO[str]) -> None:
+            # Clears the bar, prints, redraws it: no line is drawn over.
+            with tqdm.external_write_mode(file=out):
+                _print_json(value, out)
+
     with _client_app(args) as app:
         replies = app.topic(args.topic).map(
-            values, key=args.key, timeout=args.timeout, progress=_progress_wanted(err)
+            values, key=args.key, timeout=args.timeout, progress=progress
         )
         try:
             for reply in replies:
-                _print_json(reply, out)
+                write(reply, out)
         finally:
             replies.close()
     return EXIT_OK
@@ -468,6 +478,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.concurrency is not None:
         for agent in app.agents.values():
             agent.concurrency = args.concurrency
+            logger.info("agent %s handles %d requests at once", agent.name, agent.concurrency)
     if app.broker.startswith("memory://"):
         logger.warning(
             "App %s uses %s, an in-process broker: no other process can reach "

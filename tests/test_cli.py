@@ -287,3 +287,42 @@ def test_unreachable_broker_exits_6_after_the_connect_timeout() -> None:
             cli.EXIT_CONNECTION,
         )
         assert "127.0.0.1:9" in line
+
+
+@pytest.mark.integration
+def test_worker_serves_only_the_agents_named_with_the_concurrency_given(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    app_id = f"o{uuid.uuid4().hex[:8]}"
+    broker = f"kafka://{kafka_bootstrap}"
+    log = tmp_path / "worker.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), REPLIES_TEST_APP_ID=app_id)
+    env.pop("REPLIES_TEST_BROKER_URL", None)  # --broker replaces the App's memory://
+    command = ["worker", "tests.workers.sample:app", "--broker", broker]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "replies", *command, "--agent", "work", "--concurrency", "2"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while b"serving agent work" not in log.read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        client_env = {"REPLIES_BROKER": broker}
+        done = run("ask", f"{app_id}-work", "7", env=client_env)
+        assert done.code == 0 and json.loads(done.stdout)["value"] == 7, done
+        # `fail` is not served: its topic was never created.
+        assert_one_line_error(run("ask", f"{app_id}-fail", "7", env=client_env), cli.EXIT_NO_RESPONDERS)
+        text = log.read_text()
+        assert "serving agent fail" not in text and "in-process broker" not in text
+        assert "agent work handles 2 requests at once" in text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
