@@ -74,6 +74,8 @@ def test_version_is_the_package_version() -> None:
         (["ask", "t", "1", "--broker", "kafka://localhost"], "has no port"),
         (["ask", "t", "hello", "--broker", "kafka://127.0.0.1:9"], "is not JSON"),
         (["ask", "t", "--broker", "memory://"], "in-process broker"),
+        (["map", "t", "--file", "/no/such/file", "--broker", "kafka://127.0.0.1:9"], "cannot read"),
+        (["ask", "t", "1", "--timeout", "soon", "--broker", "kafka://127.0.0.1:9"], "not a number"),
         (["ask", "t"], "no broker: pass --broker"),
         (["worker", "no_such_module:app"], "No module named 'no_such_module'"),
         (["worker", "tests.workers.sample:app", "--agent", "nope"], "has no agent nope"),
@@ -85,6 +87,11 @@ def test_bad_input_fails_at_once_with_one_line_and_exit_2(args: List[str], says:
     env = {"REPLIES_BROKER": ""}
     line = assert_one_line_error(run(*args, env=env), cli.EXIT_USAGE)
     assert says in line
+
+
+def test_a_bad_json_line_fails_before_anything_is_sent() -> None:
+    done = run("map", "t", "--broker", "kafka://127.0.0.1:9", stdin='1\n{"a": \n')
+    assert "line 2 of stdin is not JSON" in assert_one_line_error(done, cli.EXIT_USAGE)
 
 
 def test_traceback_on_request() -> None:
@@ -281,7 +288,7 @@ def test_no_responders_exits_5(served: Served) -> None:
 def test_unreachable_broker_exits_6_after_the_connect_timeout() -> None:
     # Nothing listens on port 9: without --connect-timeout kafka-python
     # would try for 30 s.
-    for command in (["ask", "t", "1"], ["ping", "t"]):
+    for command in (["ask", "t", "1"], ["ping", "t"], ["send", "t", "1"], ["demo"]):
         line = assert_one_line_error(
             run(*command, "--broker", "kafka://127.0.0.1:9", "--connect-timeout", "1"),
             cli.EXIT_CONNECTION,
