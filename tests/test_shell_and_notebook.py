@@ -168,3 +168,31 @@ def test_a_misspelt_setting_gets_a_suggestion() -> None:
         replies.App("x", request_timout=2)
     with pytest.raises(TypeError, match=r"securty_protocol \(did you mean security_protocol\?\)"):
         replies.App("x", securty_protocol="SSL")
+
+
+def test_describe_readers_counts_the_lag_of_a_group_whose_members_left(
+    make_app: MakeApp,
+) -> None:
+    server = make_app("server")
+
+    @server.agent()
+    def double(value: int) -> int:
+        return value * 2
+
+    server.start()
+    server.serve()
+    assert double.join([1]) == [2]
+    group = double.group_id
+    deadline = time.monotonic() + 30
+    while server.transport.describe_readers(double.topic_name).groups[0].lag:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the answered request was never committed"
+        time.sleep(0.1)
+    server.close()  # the only member leaves the group
+
+    client = make_app("client")
+    client.start()
+    for value in (2, 3, 4):
+        client.topic(double.topic_name).cast(value).result(20)
+    readers = client.transport.describe_readers(double.topic_name)
+    assert readers is not None
+    assert [(g.group_id, g.members, g.lag) for g in readers.groups] == [(group, 0, 3)]

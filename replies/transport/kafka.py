@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import difflib
 import logging
+import struct
 import threading
 import time
 from concurrent.futures import Future
@@ -750,7 +751,7 @@ def _describe_readers(admin: kafka.KafkaAdminClient, topic: str) -> Optional[Top
     members: Dict[str, int] = {}
     for group_id, group in (admin.describe_groups(group_ids) if group_ids else {}).items():
         members[group_id] = sum(
-            topic in ((member.get("member_metadata") or {}).get("topics") or ())
+            topic in _subscription(member.get("member_metadata"))
             for member in group.get("members") or ()
         )
     # Committed offsets on this topic tell which member-less groups read it.
@@ -767,3 +768,29 @@ def _describe_readers(admin: kafka.KafkaAdminClient, topic: str) -> Optional[Top
         )
         groups.append(ReaderGroup(group_id, members.get(group_id, 0), max(0, lag)))
     return TopicReaders(topic, len(partitions), groups)
+
+
+def _subscription(metadata: Any) -> List[str]:
+    """The topics a group member subscribes to, from its described metadata.
+
+    kafka-python decodes the consumer protocol's subscription into a dict;
+    one it cannot decode (Faust's members add user data it does not parse)
+    comes as text, and its head is read here: a 16-bit version, a 32-bit
+    count, then each topic as a 16-bit length and the name (topic names are
+    ASCII, so the text holds their bytes unchanged).
+    """
+    if isinstance(metadata, dict):
+        return list(metadata.get("topics") or ())
+    if not isinstance(metadata, str):
+        return []
+    raw = metadata.encode("utf-8")
+    try:
+        (count,) = struct.unpack_from(">i", raw, 2)
+        topics, offset = [], 6
+        for _ in range(count):
+            (size,) = struct.unpack_from(">h", raw, offset)
+            topics.append(raw[offset + 2 : offset + 2 + size].decode("ascii"))
+            offset += 2 + size
+    except (struct.error, UnicodeDecodeError):
+        return []
+    return topics
