@@ -755,7 +755,7 @@ def _describe_readers(admin: kafka.KafkaAdminClient, topic: str) -> Optional[Top
             for member in group.get("members") or ()
         )
     # Committed offsets on this topic tell which member-less groups read it.
-    committed = admin.list_group_offsets({g: partitions for g in group_ids}) if group_ids else {}
+    committed = _committed_offsets(admin, group_ids, partitions)
     ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
     starts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in partitions})
     groups: List[ReaderGroup] = []
@@ -768,6 +768,27 @@ def _describe_readers(admin: kafka.KafkaAdminClient, topic: str) -> Optional[Top
         )
         groups.append(ReaderGroup(group_id, members.get(group_id, 0), max(0, lag)))
     return TopicReaders(topic, len(partitions), groups)
+
+
+def _committed_offsets(
+    admin: kafka.KafkaAdminClient, group_ids: List[str], partitions: List[kafka.TopicPartition]
+) -> Dict[str, Dict[kafka.TopicPartition, Any]]:
+    """Each group's committed offsets on ``partitions``, in one request if
+    possible; group by group when one of them fails (e.g. it was deleted
+    since it was listed), leaving that one out."""
+    if not group_ids:
+        return {}
+    try:
+        return dict(admin.list_group_offsets({g: partitions for g in group_ids}))
+    except kafka.errors.KafkaError:
+        pass
+    committed = {}
+    for group_id in group_ids:
+        try:
+            committed.update(admin.list_group_offsets({group_id: partitions}))
+        except kafka.errors.KafkaError as exc:
+            logger.debug("no offsets of group %s: %s", group_id, exc)
+    return committed
 
 
 def _subscription(metadata: Any) -> List[str]:
