@@ -1,10 +1,13 @@
 """Blocking request/reply over Apache Kafka, wire-compatible with Faust agents."""
 
+#: The package version (setup.cfg reads it from here).
+__version__ = "0.1.0"
+
 from replies.agent import Agent
 from replies.app import App
 from replies.core.promise import BarrierState, ReplyPromise, ReplyStream, ReplyTuple
 from replies.threads.reply_consumer import ReplyConsumer
-from replies.topic import DEFAULT, Topic
+from replies.topic import DEFAULT, ReplyIterator, Topic
 from replies.errors import (
     ClosedError,
     DeadlockError,
@@ -19,6 +22,7 @@ from replies.errors import (
 )
 
 __all__ = [
+    "__version__",
     "Agent",
     "App",
     "DEFAULT",
@@ -33,6 +37,7 @@ __all__ = [
     "RemoteError",
     "ReplyConsumerError",
     "ReplyError",
+    "ReplyIterator",
     "ReplyPromise",
     "ReplyStream",
     "ReplyTimeoutError",

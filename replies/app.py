@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import os
 import signal
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from types import FrameType, TracebackType
-from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Type, TypeVar, Union
 
 from replies.agent import Agent
 from replies.core.codec import Codec, Message
@@ -57,6 +59,11 @@ class App:
         replication_factor: of topics this App creates (-1: broker default).
         reply_tracebacks: agents include the traceback in error replies.
         shutdown_timeout: seconds close() waits for handlers to finish (30).
+        auto_create_topics: let a request to a topic that does not exist
+            create it (the broker's ``auto.create.topics.enable`` decides on
+            Kafka), as before 0.2. Off by default: such a request fails at
+            once with :class:`~replies.NoRespondersError`, and a reply never
+            re-creates a deleted reply topic.
         **kafka_settings: passed to kafka-python's clients (``client_id``,
             ``security_protocol``, ``sasl_*``, ``ssl_*``, ``acks`` ...).
 
@@ -90,6 +97,7 @@ class App:
         replication_factor: int = -1,
         reply_tracebacks: bool = False,
         shutdown_timeout: float = 30.0,
+        auto_create_topics: bool = False,
         **kafka_settings: Any,
     ) -> None:
         if not id:
@@ -103,7 +111,7 @@ class App:
         if reply_expires <= 0:
             raise ValueError(f"reply_expires must be > 0, not {reply_expires!r}")
         # Checked now, not at start(), so a typo fails where it is made.
-        check_broker(broker, kafka_settings)
+        check_broker(broker, kafka_settings, also_known=_app_settings())
         self.id = id
         self.broker = broker
         self.reply_to = reply_to or f"{reply_to_prefix}{uuid.uuid4()}"
@@ -115,6 +123,7 @@ class App:
         self.replication_factor = replication_factor
         self.reply_tracebacks = reply_tracebacks
         self.shutdown_timeout = shutdown_timeout
+        self.auto_create_topics = auto_create_topics
         self.kafka_settings = kafka_settings
         self.codec = Codec(
             value_serializer=value_serializer,
@@ -282,16 +291,22 @@ class App:
             for worker in self._workers:
                 worker.stop(self.shutdown_timeout)
             self._workers = []
+            # `timeout` bounds the rest: stopping, deleting and disconnecting.
+            deadline = None if timeout is None else time.monotonic() + timeout
+
+            def left() -> Optional[float]:
+                return None if deadline is None else max(0.0, deadline - time.monotonic())
+
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 consumer.stop(timeout)
                 if self.reply_delete_topic:
                     try:
-                        transport.delete_topic(self.reply_to)
+                        transport.delete_topic(self.reply_to, timeout=left())
                     except TransportError as exc:
                         logger.warning("could not delete reply topic %s: %s", self.reply_to, exc)
             self._transport = None
-            transport.close(timeout)
+            transport.close(left())
 
     def __enter__(self) -> "App":
         return self.start()
@@ -332,9 +347,11 @@ class App:
             )
         return consumer
 
-    def _produce(self, topic: str, message: Message) -> Future[None]:
+    def _produce(
+        self, topic: str, message: Message, timeout: Optional[float] = None
+    ) -> Future[None]:
         self._check_process()
-        return self.transport.produce(topic, message)
+        return self.transport.produce(topic, message, timeout=timeout)
 
     def _timeout(self, timeout: Any) -> Optional[float]:
         if timeout is DEFAULT:
@@ -347,7 +364,10 @@ class App:
         if self._transport is None:
             self._pid = os.getpid()
             self._transport = open_transport(
-                self.broker, self.kafka_settings, replication_factor=self.replication_factor
+                self.broker,
+                self.kafka_settings,
+                replication_factor=self.replication_factor,
+                auto_create_topics=self.auto_create_topics,
             )
         return self._transport
 
@@ -360,3 +380,9 @@ class App:
                 "post_fork hook, or lazily on first request)."
             )
 
+
+
+
+def _app_settings() -> FrozenSet[str]:
+    """The App's own keyword settings, offered when a setting is misspelt."""
+    return frozenset(inspect.signature(App.__init__).parameters) - {"self", "id", "kafka_settings"}

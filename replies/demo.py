@@ -10,11 +10,18 @@ from replies.app import App
 from replies.errors import RemoteError, ReplyTimeoutError
 
 
-def build_demo_app(broker: str) -> App:
-    """The demo's App: three small agents."""
+def build_demo_app(broker: str, **settings: Any) -> App:
+    """The demo's App: four small agents.
+
+    Args:
+        broker: where to serve and ask them.
+        **settings: more App settings (e.g. kafka-python's).
+    """
     # A fresh id on a real broker, so reruns never see old topics.
     suffix = "" if broker.startswith("memory://") else f"-{uuid.uuid4().hex[:6]}"
-    app = App(f"demo{suffix}", broker=broker, topic_partitions=1, request_timeout=30)
+    app = App(
+        f"demo{suffix}", broker=broker, topic_partitions=1, request_timeout=30, **settings
+    )
 
     @app.agent()
     def add(value: Any) -> Any:
@@ -38,9 +45,13 @@ def build_demo_app(broker: str) -> App:
     return app
 
 
-def run_demo(broker: str) -> int:
-    """Print a short tour of asking; returns the exit code."""
-    app = build_demo_app(broker)
+def run_demo(broker: str, **settings: Any) -> int:
+    """Print a short tour of asking; returns the exit code.
+
+    Raises:
+        TransportError: the broker could not be reached.
+    """
+    app = build_demo_app(broker, **settings)
     add, slow_square = app.agents["add"], app.agents["slow_square"]
     divide, countdown = app.agents["divide"], app.agents["countdown"]
     print(f"replies demo on {broker}: agents {', '.join(app.agents)} served in this process\n")

@@ -40,6 +40,7 @@ class ReplyTimeoutError(ReplyError, *_TIMEOUT_BASES):  # type: ignore[misc]
     Attributes:
         correlation_id: the request that timed out, if it was a single one.
         timeout: the timeout in seconds that ran out.
+        topic: the topic that was asked, when known.
     """
 
     def __init__(
@@ -48,10 +49,12 @@ class ReplyTimeoutError(ReplyError, *_TIMEOUT_BASES):  # type: ignore[misc]
         *,
         correlation_id: Optional[str] = None,
         timeout: Optional[float] = None,
+        topic: Optional[str] = None,
     ) -> None:
         super().__init__(message)
         self.correlation_id = correlation_id
         self.timeout = timeout
+        self.topic = topic
 
 
 class RemoteError(ReplyError):
@@ -100,7 +103,25 @@ class ClosedError(ReplyError):
 
 
 class TransportError(ReplyError):
-    """The broker or the network failed; the cause is chained."""
+    """The broker or the network failed; the cause is chained.
+
+    Attributes:
+        topic: the topic the failed operation was about, if any.
+        cause: a short keyword for what went wrong, when known:
+            ``"too_large"`` (the broker or the client refused a record for
+            its size), ``"producer_reset"`` (the record was lost because
+            another one made the producer fail and it was replaced),
+            ``"timeout"`` (the operation's time ran out, e.g. waiting for a
+            topic's metadata with the broker down), ``"closed"``; else
+            ``None``.
+    """
+
+    def __init__(
+        self, message: str, *, topic: Optional[str] = None, cause: Optional[str] = None
+    ) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.cause = cause
 
 
 class ReplyConsumerError(TransportError):

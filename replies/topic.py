@@ -7,18 +7,19 @@ table when it is answered, times out, is cancelled, or the App closes.
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Generator, Iterable, Iterator, List, Optional, Tuple, Union
 
 from replies.core.codec import deadline_after
 from replies.core.promise import BarrierState, ReplyPromise, ReplyStream, on_reply_thread
-from replies.errors import DeadlockError
+from replies.errors import DeadlockError, NoRespondersError, ReplyTimeoutError
 
 if TYPE_CHECKING:
     from replies.app import App
 
-__all__ = ["Topic", "DEFAULT"]
+__all__ = ["Topic", "ReplyIterator", "DEFAULT"]
 
 
 class _Default:
@@ -38,6 +39,85 @@ def _refuse_on_reply_thread(what: str) -> None:
             f"{what} blocks until a reply arrives, but this is the reply thread "
             "(a done-callback?), which delivers replies: it would wait forever. "
             "Use ask_nowait() here, or hand the work to another thread."
+        )
+
+
+def _progress_class(progress: bool) -> Any:
+    """tqdm's bar class when ``progress`` asks for one (``tqdm.auto``: a
+    widget in Jupyter, text elsewhere), else None.
+
+    Raises:
+        ImportError: progress was asked for and tqdm is not installed.
+    """
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as exc:
+        raise ImportError(
+            "progress=True needs tqdm: pip install 'replies[progress]'"
+        ) from exc
+    return tqdm
+
+
+class ReplyIterator(Iterator[Any]):
+    """The replies of :meth:`Topic.map`, yielded as they arrive.
+
+    Every request was sent when this is returned; ``len()`` is how many
+    were sent, and the repr says how many replies were taken so far.
+    Iterating blocks until the next reply (within the map's timeout).
+    Closing it (or dropping it) stops waiting for the rest.
+
+    Threading model: like a generator, one thread iterates it at a time.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        barrier: BarrierState,
+        seconds: Optional[float],
+        progress: Any = None,
+    ) -> None:
+        self.topic_name = topic
+        self._barrier = barrier
+        self._replies = Topic._values(barrier, seconds)
+        self._taken = 0
+        self._bar = None if progress is None else progress(
+            total=barrier.total, desc=topic, unit="reply"
+        )
+
+    def __len__(self) -> int:
+        return self._barrier.total
+
+    def __iter__(self) -> "ReplyIterator":
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            value = next(self._replies)
+        except BaseException:
+            self._close_bar()
+            raise
+        self._taken += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        return value
+
+    def close(self) -> None:
+        """Stop waiting for the replies not taken yet. Does not block."""
+        self._replies.close()
+        self._close_bar()
+
+    def _close_bar(self) -> None:
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.close()
+
+    def __repr__(self) -> str:
+        state = "done" if self._barrier.done() else "waiting"
+        return (
+            f"<{type(self).__name__} {self.topic_name}: {self._taken} of "
+            f"{len(self)} replies taken, {state}>"
         )
 
 
@@ -76,15 +156,22 @@ class Topic:
             ReplyTimeoutError: no reply in time (the waiter is removed).
             RemoteError: the agent raised.
             ClosedError: the App closed first.
+            NoRespondersError: the topic does not exist (at once).
             TransportError: the request could not be sent.
             DeadlockError: called on the reply thread.
         """
         _refuse_on_reply_thread("ask()")
         promise = self.ask_nowait(value, key=key, timeout=timeout)
         try:
-            return promise.result(promise.timeout)
+            # Sending may have taken part of the time (a metadata wait).
+            left = None if promise.deadline is None else max(0.0, promise.deadline - time.monotonic())
+            return promise.result(left)
+        except ReplyTimeoutError:
+            promise.cancel()
+            # Report the request's timeout, not what was left of it.
+            raise promise.timeout_error(promise.timeout) from None
         except BaseException:
-            promise.cancel()  # a timeout or Ctrl-C: stop waiting for it
+            promise.cancel()  # Ctrl-C: stop waiting for it
             raise
 
     def ask_nowait(
@@ -95,15 +182,19 @@ class Topic:
         The promise is registered before the request leaves; it fails with
         :class:`ReplyTimeoutError` once ``timeout`` passes even if nobody
         waits on it. Cancel it to stop waiting. Its done-callbacks run on
-        the reply thread.
+        the reply thread. Blocks only while the topic's metadata is unknown
+        (the first request to it), at most ``timeout``.
 
         Raises:
             TypeError: the value cannot be serialized.
             ClosedError: the App is not started or closed.
+            NoRespondersError: the topic does not exist.
             TransportError: the request could not be queued.
         """
         seconds = self.app._timeout(timeout)
-        promise = ReplyPromise(self.app.reply_to, str(uuid.uuid4()), timeout=seconds)
+        promise = ReplyPromise(
+            self.app.reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name
+        )
         self._request(promise, promise.correlation_id, key, value, seconds)
         return promise
 
@@ -123,15 +214,22 @@ class Topic:
             as :meth:`ask`, while iterating.
         """
         seconds = self.app._timeout(timeout)
-        promise = ReplyStream(self.app.reply_to, str(uuid.uuid4()), timeout=seconds)
+        promise = ReplyStream(
+            self.app.reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name
+        )
         self._request(promise, promise.correlation_id, key, value, seconds, stream=True)
         return self._values(promise, seconds)
 
     # -- many requests ----------------------------------------------------
 
     def map(
-        self, values: Iterable[Any], *, key: Any = None, timeout: Timeout = DEFAULT
-    ) -> Iterator[Any]:
+        self,
+        values: Iterable[Any],
+        *,
+        key: Any = None,
+        timeout: Timeout = DEFAULT,
+        progress: bool = False,
+    ) -> ReplyIterator:
         """Send a request per value at once; yield replies as they arrive.
 
         All requests are sent before this returns (pipelined, not one round
@@ -141,39 +239,77 @@ class Topic:
         Args:
             values: request values; all get the same ``key``.
             timeout: for all the replies together.
+            progress: show a tqdm progress bar while iterating (needs the
+                ``progress`` extra; a widget in Jupyter).
+
+        Returns:
+            A :class:`ReplyIterator`: ``len()`` is the number of requests.
 
         Raises:
             as :meth:`ask` (sending errors at once, the rest while iterating;
             a :class:`RemoteError` when an error reply is reached).
+            ImportError: ``progress=True`` without tqdm installed.
         """
-        return self.kvmap(((key, value) for value in values), timeout=timeout)
+        return self.kvmap(((key, value) for value in values), timeout=timeout, progress=progress)
 
-    def kvmap(self, items: Iterable[Tuple[Any, Any]], *, timeout: Timeout = DEFAULT) -> Iterator[Any]:
+    def kvmap(
+        self,
+        items: Iterable[Tuple[Any, Any]],
+        *,
+        timeout: Timeout = DEFAULT,
+        progress: bool = False,
+    ) -> ReplyIterator:
         """Like :meth:`map`, for ``(key, value)`` pairs: each its own key."""
+        bar_class = _progress_class(progress)  # before sending: may raise
         barrier, _, seconds = self._send_all(items, timeout)
-        return self._values(barrier, seconds)
+        return ReplyIterator(self.topic_name, barrier, seconds, bar_class)
 
     def join(
-        self, values: Iterable[Any], *, key: Any = None, timeout: Timeout = DEFAULT
+        self,
+        values: Iterable[Any],
+        *,
+        key: Any = None,
+        timeout: Timeout = DEFAULT,
+        progress: bool = False,
     ) -> List[Any]:
         """Send a request per value; block until all replies; keep input order.
+
+        Blocks up to ``timeout`` for all the replies together.
+
+        Args:
+            progress: show a tqdm progress bar while waiting (as :meth:`map`).
 
         Raises:
             as :meth:`ask`; the first error reply met is raised and the
             other waiters are removed.
+            ImportError: ``progress=True`` without tqdm installed.
         """
-        return self.kvjoin(((key, value) for value in values), timeout=timeout)
+        return self.kvjoin(((key, value) for value in values), timeout=timeout, progress=progress)
 
-    def kvjoin(self, items: Iterable[Tuple[Any, Any]], *, timeout: Timeout = DEFAULT) -> List[Any]:
+    def kvjoin(
+        self,
+        items: Iterable[Tuple[Any, Any]],
+        *,
+        timeout: Timeout = DEFAULT,
+        progress: bool = False,
+    ) -> List[Any]:
         """Like :meth:`join`, for ``(key, value)`` pairs: each its own key."""
         _refuse_on_reply_thread("join()")
+        bar_class = _progress_class(progress)  # before sending: may raise
         barrier, order, seconds = self._send_all(items, timeout)
+        bar = None if bar_class is None else bar_class(
+            total=len(order), desc=self.topic_name, unit="reply"
+        )
         replies: Dict[str, Any] = {}
         try:
             for reply in barrier.iterate(seconds):
                 replies[reply.correlation_id] = reply.value
+                if bar is not None:
+                    bar.update(1)
         finally:
             barrier.cancel()  # a no-op once complete
+            if bar is not None:
+                bar.close()
         return [replies[cid] for cid in order]
 
     # -- without waiting ----------------------------------------------------
@@ -231,7 +367,14 @@ class Topic:
         consumer = app._reply_consumer()
         consumer.add(cid, waiter)
         try:
-            acked = app._produce(self.topic_name, message)
+            try:
+                acked = app._produce(self.topic_name, message, timeout=seconds)
+            except NoRespondersError as exc:
+                raise NoRespondersError(
+                    f"nobody serves topic {self.topic_name}: it does not exist. Is a "
+                    f"worker serving it? Check with `replies ping {self.topic_name}`",
+                    topic=self.topic_name,
+                ) from exc
         except BaseException as exc:
             consumer.table.discard(cid)
             waiter.reject(cid, exc)
@@ -249,7 +392,7 @@ class Topic:
         self, items: Iterable[Tuple[Any, Any]], timeout: Timeout
     ) -> Tuple[BarrierState, List[str], Optional[float]]:
         seconds = self.app._timeout(timeout)
-        barrier = BarrierState(self.app.reply_to, timeout=seconds)
+        barrier = BarrierState(self.app.reply_to, timeout=seconds, topic=self.topic_name)
         order: List[str] = []
         try:
             for key, value in items:
@@ -264,7 +407,9 @@ class Topic:
         return barrier, order, seconds
 
     @staticmethod
-    def _values(promise: Union[BarrierState, ReplyStream], seconds: Optional[float]) -> Iterator[Any]:
+    def _values(
+        promise: Union[BarrierState, ReplyStream], seconds: Optional[float]
+    ) -> Generator[Any, None, None]:
         try:
             for reply in promise.iterate(seconds):
                 yield reply.value

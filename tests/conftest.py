@@ -14,7 +14,7 @@ import replies
 pytest_plugins = ["tests.kafka.plugin"]
 
 # Threads that libraries start once per process and keep on purpose.
-_LONG_LIVED_PREFIXES = ("pytest_timeout", "asyncio_")
+_LONG_LIVED_PREFIXES = ("pytest_timeout", "asyncio_", "tqdm_monitor")
 
 
 def _library_threads() -> set[threading.Thread]:

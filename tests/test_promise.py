@@ -227,7 +227,7 @@ def test_expired_promise_raises_its_own_timeout_not_the_wait_timeout() -> None:
         promise.result(timeout=0.01)
     assert info.value.timeout == 30  # the promise's deadline, not the wait's 0.01 s
     assert info.value is promise.exception(0)
-    assert "cid" in str(info.value) and "f-reply-1" in str(info.value)
+    assert "within 30.0 s" in str(info.value)
 
 
 @pytest.mark.parametrize(

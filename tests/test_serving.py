@@ -267,10 +267,10 @@ def test_a_reply_that_cannot_be_sent_is_never_committed(make_app: MakeApp) -> No
     transport = app.transport
     real_produce = transport.produce
 
-    def produce_failing_replies(topic: str, message: Message) -> Any:
+    def produce_failing_replies(topic: str, message: Message, **options: Any) -> Any:
         if topic == app.reply_to:
             raise replies.TransportError("the broker is gone (simulated)")
-        return real_produce(topic, message)
+        return real_produce(topic, message, **options)
 
     transport.produce = produce_failing_replies  # type: ignore[method-assign]
     echo.ask_nowait("lost reply")

@@ -153,12 +153,31 @@ class Codec:
     # -- values and keys ------------------------------------------------
 
     def dumps(self, obj: Any) -> bytes:
-        """JSON-encode ``obj`` compactly, as Faust writes it."""
+        """JSON-encode ``obj`` compactly, as Faust writes it.
+
+        Raises:
+            TypeError: some part of ``obj`` cannot be encoded; the message
+                names that part's type (not the envelope's around it).
+        """
+        refused: List[Any] = []
+
+        def default(part: Any) -> Any:
+            # Remember what json could not encode, so the error names it.
+            if self._json_default is not None:
+                try:
+                    return self._json_default(part)
+                except TypeError:
+                    refused.append(part)
+                    raise
+            refused.append(part)
+            raise TypeError(f"Object of type {type(part).__name__} is not JSON serializable")
+
         try:
-            text = json.dumps(obj, separators=(",", ":"), default=self._json_default)
+            text = json.dumps(obj, separators=(",", ":"), default=default)
         except (TypeError, ValueError) as exc:
+            what = type(refused[-1] if refused else obj).__name__
             raise TypeError(
-                f"cannot encode {type(obj).__name__} value as JSON: {exc} "
+                f"cannot encode a {what} as JSON: {exc} "
                 "(pass json_default= to the App to encode such values)"
             ) from exc
         return text.encode("utf-8")

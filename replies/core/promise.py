@@ -78,6 +78,24 @@ def _remaining(deadline: Optional[float]) -> Optional[float]:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def timeout_message(topic: Optional[str], timeout: Optional[float], missing: str = "") -> str:
+    """The one wording of every reply timeout: what was asked, and a hint.
+
+    Args:
+        topic: the topic asked, if known.
+        timeout: the seconds that ran out.
+        missing: what was still awaited when some replies came, e.g.
+            ``"3 of 10 replies"``; empty when nothing came.
+    """
+    seconds = "no time" if timeout is None else f"{float(timeout)} s"
+    if topic is None:
+        return f"no reply within {seconds}" + (f" ({missing} missing)" if missing else "")
+    what = f"{missing} missing on topic {topic} after" if missing else (
+        f"nobody answered on topic {topic} within"
+    )
+    return f"{what} {seconds}: is a worker serving it? `replies ping {topic}`"
+
+
 class ReplyTuple(NamedTuple):
     """One reply: the request's correlation id and the reply value."""
 
@@ -94,6 +112,7 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
         timeout: seconds from now after which the promise's owner (the
             correlation table) fails it with :class:`ReplyTimeoutError`;
             ``None`` for no deadline.
+        topic: the topic the request was sent to, for error messages.
 
     Raises:
         ValueError: the correlation id is empty, or the timeout negative.
@@ -110,13 +129,19 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
     streaming = False
 
     def __init__(
-        self, reply_to: str, correlation_id: str = "", *, timeout: Optional[float] = None
+        self,
+        reply_to: str,
+        correlation_id: str = "",
+        *,
+        timeout: Optional[float] = None,
+        topic: Optional[str] = None,
     ) -> None:
         super().__init__()
         self._check_correlation_id(correlation_id)
         self.reply_to = reply_to
         self.correlation_id = correlation_id
         self.timeout = timeout
+        self.topic = topic
         #: ``time.monotonic()`` value after which the promise times out.
         self.deadline = _deadline(timeout)
 
@@ -171,14 +196,7 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
         Returns:
             True if this call completed the promise.
         """
-        return self._fail(
-            ReplyTimeoutError(
-                f"no reply within {self.timeout} s to request "
-                f"{self.correlation_id} (reply topic {self.reply_to})",
-                correlation_id=self.correlation_id,
-                timeout=self.timeout,
-            )
-        )
+        return self._fail(self.timeout_error(self.timeout))
 
     def result(self, timeout: Optional[float] = None) -> Any:
         """Block until the reply arrives and return it.
@@ -204,7 +222,7 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
             # have completed just after the wait ran out.
             if self.done() and not self.cancelled() and super().exception(0) is exc:
                 raise
-            raise self._wait_timeout(timeout) from None
+            raise self.timeout_error(timeout) from None
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
         """Block until done; return the exception, or None on success.
@@ -216,14 +234,24 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
         try:
             return super().exception(timeout)
         except FutureTimeoutError:
-            raise self._wait_timeout(timeout) from None
+            raise self.timeout_error(timeout) from None
 
-    def _wait_timeout(self, timeout: Optional[float]) -> ReplyTimeoutError:
+    def timeout_error(self, timeout: Optional[float]) -> ReplyTimeoutError:
+        """The error for "``timeout`` s passed without the reply".
+
+        One wording for every way a wait runs out (the promise's own
+        deadline, or a caller's shorter wait), naming the topic asked.
+        """
         return ReplyTimeoutError(
-            f"no reply within {timeout} s to request {self.correlation_id}",
+            timeout_message(self.topic, timeout, self._missing()),
             correlation_id=self.correlation_id,
             timeout=timeout,
+            topic=self.topic,
         )
+
+    def _missing(self) -> str:
+        """What is still awaited, for timeout messages ("" for one reply)."""
+        return ""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.correlation_id} {self._state}>"
@@ -246,9 +274,14 @@ class _BufferedReplies(ReplyPromise):
     """A promise whose replies can be read one by one as they arrive."""
 
     def __init__(
-        self, reply_to: str, correlation_id: str, *, timeout: Optional[float] = None
+        self,
+        reply_to: str,
+        correlation_id: str,
+        *,
+        timeout: Optional[float] = None,
+        topic: Optional[str] = None,
     ) -> None:
-        super().__init__(reply_to, correlation_id, timeout=timeout)
+        super().__init__(reply_to, correlation_id, timeout=timeout, topic=topic)
         # Unbounded on purpose: replies must never be dropped because the
         # reader is slow or has not started reading yet.
         self._replies: queue.Queue[_Entry] = queue.Queue()
@@ -324,12 +357,7 @@ class _BufferedReplies(ReplyPromise):
                 try:
                     entry = self._replies.get(timeout=_remaining(deadline))
                 except queue.Empty:
-                    raise ReplyTimeoutError(
-                        f"{type(self).__name__} {self.correlation_id} not "
-                        f"complete within {timeout} s",
-                        correlation_id=self.correlation_id,
-                        timeout=timeout,
-                    ) from None
+                    raise self.timeout_error(timeout) from None
             if entry is _END:
                 self._raise_outcome()
                 return
@@ -353,6 +381,7 @@ class BarrierState(_BufferedReplies):
         correlation_id: an id for the barrier itself (for logs); a fresh
             uuid4 by default.
         timeout: as for :class:`ReplyPromise`.
+        topic: the topic the requests were sent to, for error messages.
 
     Threading model: :meth:`add` and :meth:`finalize` are called by the
     thread that builds the barrier; :meth:`fulfill` by the reply thread,
@@ -367,8 +396,11 @@ class BarrierState(_BufferedReplies):
         correlation_id: Optional[str] = None,
         *,
         timeout: Optional[float] = None,
+        topic: Optional[str] = None,
     ) -> None:
-        super().__init__(reply_to, correlation_id or str(uuid.uuid4()), timeout=timeout)
+        super().__init__(
+            reply_to, correlation_id or str(uuid.uuid4()), timeout=timeout, topic=topic
+        )
         # ``_lock`` (from the base class) also guards the fields below; it is
         # never held while completing the future.
         self.size = 0
@@ -440,6 +472,11 @@ class BarrierState(_BufferedReplies):
         if self.done():
             return False
         return self._record(correlation_id, _Failure(correlation_id, error))
+
+    def _missing(self) -> str:
+        with self._lock:
+            unanswered, size = len(self._unanswered), self.size
+        return "" if unanswered == size else f"{unanswered} of {size} replies"
 
     def __repr__(self) -> str:
         return (

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Tuple
+from typing import Any, Collection, List, Mapping, Tuple
 
 from replies.transport.base import GroupReader, Reader, Record, Transport
 
 __all__ = ["GroupReader", "Reader", "Record", "Transport", "check_broker", "open_transport"]
 
 
-def check_broker(url: str, settings: Mapping[str, Any]) -> None:
+def check_broker(url: str, settings: Mapping[str, Any], also_known: Collection[str] = ()) -> None:
     """Check a broker URL and kafka-python settings without connecting.
+
+    Args:
+        url: the broker URL.
+        settings: kafka-python settings.
+        also_known: the caller's own setting names, for "did you mean".
 
     Raises:
         ValueError: an unknown scheme or no host.
@@ -22,7 +27,7 @@ def check_broker(url: str, settings: Mapping[str, Any]) -> None:
         # Imported only when needed, so that memory:// never loads kafka-python.
         from replies.transport.kafka import check_settings
 
-        check_settings(settings)
+        check_settings(settings, also_known)
 
 
 def _parse(url: str) -> Tuple[str, List[str]]:
@@ -40,13 +45,21 @@ def _parse(url: str) -> Tuple[str, List[str]]:
     raise ValueError(f"unknown broker URL scheme {scheme!r} in {url!r} (use kafka:// or memory://)")
 
 
-def open_transport(url: str, settings: Mapping[str, Any], *, replication_factor: int = -1) -> Transport:
+def open_transport(
+    url: str,
+    settings: Mapping[str, Any],
+    *,
+    replication_factor: int = -1,
+    auto_create_topics: bool = False,
+) -> Transport:
     """Open the transport a broker URL names.
 
     Args:
         url: ``"kafka://host:port[,host:port...]"`` or ``"memory://[NAME]"``.
         settings: kafka-python client settings (ignored by ``memory://``).
         replication_factor: for topics created on Kafka.
+        auto_create_topics: a record to a missing topic creates it (else it
+            is refused with :class:`~replies.errors.NoRespondersError`).
 
     Raises:
         ValueError: an unknown scheme or no host.
@@ -57,7 +70,12 @@ def open_transport(url: str, settings: Mapping[str, Any], *, replication_factor:
     if scheme == "memory":
         from replies.transport.memory import MemoryTransport
 
-        return MemoryTransport(hosts[0])
+        return MemoryTransport(hosts[0], auto_create_topics=auto_create_topics)
     from replies.transport.kafka import KafkaTransport
 
-    return KafkaTransport(hosts, settings, replication_factor=replication_factor)
+    return KafkaTransport(
+        hosts,
+        settings,
+        replication_factor=replication_factor,
+        auto_create_topics=auto_create_topics,
+    )

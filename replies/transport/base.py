@@ -20,7 +20,16 @@ from typing import Callable, Collection, Dict, List, Mapping, NamedTuple, Option
 
 from replies.core.codec import Headers, Message
 
-__all__ = ["Record", "Reader", "GroupReader", "Transport", "TopicPartition", "RevokeCallback"]
+__all__ = [
+    "Record",
+    "Reader",
+    "GroupReader",
+    "Transport",
+    "TopicPartition",
+    "RevokeCallback",
+    "ReaderGroup",
+    "TopicReaders",
+]
 
 TopicPartition = Tuple[str, int]
 
@@ -38,6 +47,24 @@ class Record(NamedTuple):
     key: Optional[bytes]
     value: Optional[bytes]
     headers: Headers
+
+
+class ReaderGroup(NamedTuple):
+    """A consumer group that reads a topic, as :meth:`Transport.describe_readers` sees it."""
+
+    group_id: str
+    #: Members reading the topic now (0: the group exists but nobody is in it).
+    members: int
+    #: Records of the topic the group has not committed yet.
+    lag: int
+
+
+class TopicReaders(NamedTuple):
+    """Who reads a topic: its partition count and the groups reading it."""
+
+    topic: str
+    partitions: int
+    groups: List[ReaderGroup]
 
 
 class Reader(abc.ABC):
@@ -90,21 +117,38 @@ class Transport(abc.ABC):
     """
 
     @abc.abstractmethod
-    def produce(self, topic: str, message: Message) -> Future[None]:
-        """Send a record without blocking (beyond buffer back-pressure).
+    def produce(
+        self, topic: str, message: Message, *, timeout: Optional[float] = None
+    ) -> Future[None]:
+        """Send a record; block only until it is queued.
+
+        Blocks while the topic's partitions are unknown (the first record to
+        a topic, or after the broker lost them), at most ``timeout`` seconds
+        (``None``: the transport's own bound, ``max_block_ms`` on Kafka, 10 s
+        by default). A topic that does not exist is refused at once (one
+        metadata round trip) unless the transport auto-creates topics.
 
         Returns:
             A future that completes when the broker acknowledged the record,
-            or fails with :class:`TransportError`. Its callbacks may run on a
-            transport thread: keep them short.
+            or fails with :class:`TransportError` (``.topic`` and ``.cause``
+            set; a record refused for its size names its size and the
+            limit). Its callbacks may run on a transport thread: keep them
+            short.
 
         Raises:
-            TransportError: the record could not even be queued.
+            NoRespondersError: the topic does not exist.
+            TransportError: the record could not be queued: no metadata in
+                time (``cause="timeout"``), too large for the client
+                (``cause="too_large"``), or the transport is closed.
         """
 
     @abc.abstractmethod
     def flush(self, timeout: Optional[float] = None) -> None:
-        """Block until every produced record is acknowledged or failed."""
+        """Block until every produced record is acknowledged or failed.
+
+        Raises:
+            TransportError: ``timeout`` seconds passed first.
+        """
 
     @abc.abstractmethod
     def create_topic(
@@ -117,8 +161,16 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
-    def delete_topic(self, name: str) -> None:
-        """Delete a topic; a missing topic is not an error."""
+    def delete_topic(self, name: str, *, timeout: Optional[float] = None) -> None:
+        """Delete a topic; a missing topic is not an error.
+
+        Blocks at most ``timeout`` seconds (``None``: the client's own
+        request timeout).
+
+        Raises:
+            TransportError: the broker could not be reached in time, or
+                refused.
+        """
 
     @abc.abstractmethod
     def topic_exists(self, name: str) -> bool:
@@ -141,4 +193,24 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def close(self, timeout: Optional[float] = None) -> None:
-        """Flush and release everything. Idempotent."""
+        """Flush and release everything. Idempotent.
+
+        Waits for produced records to be acknowledged, at most ``timeout``
+        seconds (``None``: until each is acknowledged or fails on its own),
+        then fails those still pending with :class:`TransportError`
+        (``cause="closed"``) and returns, also with the broker down.
+        """
+
+    def describe_readers(self, topic: str) -> Optional[TopicReaders]:
+        """Which consumer groups read ``topic``: members and lag of each.
+
+        Blocks for a few admin round trips on Kafka (each bounded by the
+        client's ``request_timeout_ms``).
+
+        Returns:
+            None if the topic does not exist.
+
+        Raises:
+            TransportError: the broker could not be asked.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot describe readers")

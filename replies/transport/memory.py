@@ -25,13 +25,15 @@ from concurrent.futures import Future
 from typing import Dict, List, Mapping, Optional, Set
 
 from replies.core.codec import Message
-from replies.errors import TransportError
+from replies.errors import NoRespondersError, TransportError
 from replies.transport.base import (
     GroupReader,
     Reader,
     Record,
+    ReaderGroup,
     RevokeCallback,
     TopicPartition,
+    TopicReaders,
     Transport,
 )
 
@@ -72,6 +74,8 @@ class _Group:
         self.members: List[int] = []
         self.generation = 0
         self.committed: Dict[TopicPartition, int] = {}
+        #: The topics its members subscribed to.
+        self.topics: Set[str] = set()
 
 
 class MemoryBroker:
@@ -115,8 +119,15 @@ class MemoryBroker:
             partitions = self.topics[topic] = [self.new_log()]
         return partitions
 
-    def append(self, topic: str, message: Message) -> None:
+    def append(self, topic: str, message: Message, *, create: bool = True) -> None:
+        """Append a record; a missing topic is created only if ``create``.
+
+        Raises:
+            NoRespondersError: the topic does not exist (and not ``create``).
+        """
         with self.changed:
+            if not create and topic not in self.topics:
+                raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
             partitions = self._partitions_locked(topic)
             if message.key is None:
                 index = next(self._round_robin) % len(partitions)
@@ -201,6 +212,8 @@ class _MemoryGroupReader(GroupReader):
         self._positions: Dict[int, int] = {}
         self._paused = False
         self._member: Optional[int] = broker.join(group_id)
+        with broker.lock:
+            broker.groups[group_id].topics.add(topic)
 
     def _rebalance(self) -> None:
         """Catch up with the group's generation; revoke outside the lock."""
@@ -274,17 +287,22 @@ class _MemoryGroupReader(GroupReader):
 class MemoryTransport(Transport):
     """A transport to the process-wide :class:`MemoryBroker` of one name.
 
-    Records are acknowledged as soon as they are appended.
+    Records are acknowledged as soon as they are appended. A record to a
+    topic that does not exist is refused with :class:`NoRespondersError`,
+    unless ``auto_create_topics`` (then the topic is made, one partition).
     """
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", *, auto_create_topics: bool = False) -> None:
         self.broker = MemoryBroker.named(name)
+        self._auto_create = auto_create_topics
         self._closed = False
 
-    def produce(self, topic: str, message: Message) -> Future[None]:
+    def produce(
+        self, topic: str, message: Message, *, timeout: Optional[float] = None
+    ) -> Future[None]:
         if self._closed:
-            raise TransportError("transport is closed")
-        self.broker.append(topic, message)
+            raise TransportError("transport is closed", topic=topic, cause="closed")
+        self.broker.append(topic, message, create=self._auto_create)
         done: Future[None] = Future()
         done.set_result(None)
         return done
@@ -305,7 +323,7 @@ class MemoryTransport(Transport):
             self.broker.changed.notify_all()
             return True
 
-    def delete_topic(self, name: str) -> None:
+    def delete_topic(self, name: str, *, timeout: Optional[float] = None) -> None:
         with self.broker.lock:
             self.broker.topics.pop(name, None)
             self.broker.configs.pop(name, None)
@@ -324,3 +342,22 @@ class MemoryTransport(Transport):
 
     def close(self, timeout: Optional[float] = None) -> None:
         self._closed = True
+
+    def describe_readers(self, topic: str) -> Optional[TopicReaders]:
+        with self.broker.lock:
+            partitions = self.broker.topics.get(topic)
+            if partitions is None:
+                return None
+            groups = [
+                ReaderGroup(
+                    group_id,
+                    len(group.members),
+                    sum(
+                        log.end - max(log.base, group.committed.get((topic, index), 0))
+                        for index, log in enumerate(partitions)
+                    ),
+                )
+                for group_id, group in sorted(self.broker.groups.items())
+                if topic in group.topics
+            ]
+            return TopicReaders(topic, len(partitions), groups)

@@ -1,0 +1,164 @@
+"""Producing: missing and deleted topics, records too large, the producer's health.
+
+Over the memory transport and a real Kafka broker alike, except what only
+a real broker does (refusing a record for its size).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from typing import Any, Callable, List
+
+import pytest
+
+import replies
+from replies.core.codec import Message
+
+pytestmark = pytest.mark.timeout(120)
+
+MakeApp = Callable[..., replies.App]
+
+
+def _echo(app: replies.App, name: str = "echo") -> replies.Agent:
+    @app.agent(name)
+    def echo(value: Any) -> Any:
+        return value
+
+    return echo
+
+
+def test_asking_a_topic_that_does_not_exist_fails_at_once(make_app: MakeApp) -> None:
+    app = make_app().start()
+    nobody = app.topic(f"{app.id}-nobody")
+    started = time.monotonic()
+    with pytest.raises(replies.NoRespondersError) as caught:
+        nobody.ask({"a": 1}, timeout=15)
+    assert time.monotonic() - started < 5, "refused after one metadata round trip"
+    assert caught.value.topic == nobody.topic_name
+    assert f"replies ping {nobody.topic_name}" in str(caught.value)
+    assert app.reply_consumer is not None and len(app.reply_consumer.table) == 0
+    assert not app.transport.topic_exists(nobody.topic_name), "never auto-created"
+    # The App goes on asking topics that exist.
+    echo = _echo(app)
+    app.serve()
+    assert echo.ask(7, timeout=20) == 7
+
+
+def test_map_and_join_of_a_missing_topic_fail_at_once(make_app: MakeApp) -> None:
+    app = make_app().start()
+    nobody = app.topic(f"{app.id}-nobody")
+    with pytest.raises(replies.NoRespondersError):
+        nobody.join([1, 2, 3], timeout=15)
+    with pytest.raises(replies.NoRespondersError):
+        nobody.map([1, 2, 3], timeout=15)
+    assert app.reply_consumer is not None and len(app.reply_consumer.table) == 0
+
+
+def test_auto_create_topics_keeps_the_old_behaviour(make_app: MakeApp) -> None:
+    app = make_app(auto_create_topics=True).start()
+    name = f"{app.id}-created-by-a-request"
+    app.topic(name).cast({"a": 1}).result(20)
+    assert app.transport.topic_exists(name)
+
+
+def test_a_record_to_a_deleted_topic_fails_and_does_not_recreate_it(make_app: MakeApp) -> None:
+    app = make_app().start()
+    transport = app.transport
+    name = f"{app.id}-gone-{uuid.uuid4().hex[:6]}"
+    transport.create_topic(name)
+    transport.produce(name, Message(None, b"1", [])).result(20)  # its metadata is known now
+    transport.delete_topic(name, timeout=20)
+    started = time.monotonic()
+    with pytest.raises(replies.NoRespondersError) as caught:
+        # Refused when sent, or soon after (the producer learns it is gone).
+        transport.produce(name, Message(None, b"2", [])).result(20)
+    assert caught.value.topic == name
+    assert time.monotonic() - started < 10, "not kafka-python's two-minute delivery timeout"
+    time.sleep(0.5)
+    assert not transport.topic_exists(name)
+
+
+def test_close_fails_what_it_could_not_send(make_app: MakeApp) -> None:
+    app = make_app().start()
+    transport = app.transport
+    name = f"{app.id}-t"
+    transport.create_topic(name)
+    acks = [transport.produce(name, Message(None, b"x", [])) for _ in range(100)]
+    transport.close(timeout=10)
+    for ack in acks:
+        assert ack.done()
+    with pytest.raises(replies.TransportError) as caught:
+        transport.produce(name, Message(None, b"late", []))
+    assert caught.value.cause == "closed"
+
+
+# -- only a real broker refuses records for their size ------------------------------
+
+
+@pytest.mark.integration
+def test_a_request_too_large_for_the_topic_names_its_size_and_the_app_goes_on(
+    kafka_bootstrap: str, kafka_client_settings: Any
+) -> None:
+    app = replies.App(
+        f"t{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{kafka_bootstrap}",
+        request_timeout=20,
+        **kafka_client_settings,
+    )
+    echo = _echo(app)
+    other = _echo(app, "other")
+    with app:
+        # The agent's topic takes records up to 2000 bytes.
+        app.transport.create_topic(echo.topic_name, partitions=2, config={"max.message.bytes": "2000"})
+        app.serve()
+        assert echo.ask("small", timeout=20) == "small"
+        with pytest.raises(replies.TransportError) as caught:
+            echo.ask("x" * 5000, timeout=20)
+        error = caught.value
+        assert error.topic == echo.topic_name
+        assert error.cause == "too_large"
+        assert re.search(r"record of 5\d{3} bytes", str(error)) and "2000 bytes" in str(error), str(error)
+        assert echo.topic_name in str(error)
+        # kafka-python gave its producer up: the next sends use a new one,
+        # from many threads at once.
+        results: List[Any] = []
+        errors: List[BaseException] = []
+
+        def ask(n: int) -> None:
+            try:
+                agent = echo if n % 2 else other
+                results.append(agent.ask(n, timeout=20))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert sorted(results) == list(range(8))
+        assert echo.ask("after", timeout=20) == "after"
+
+
+@pytest.mark.integration
+def test_a_request_larger_than_max_request_size_is_refused_before_sending(
+    kafka_bootstrap: str, kafka_client_settings: Any
+) -> None:
+    app = replies.App(
+        f"t{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{kafka_bootstrap}",
+        max_request_size=10_000,
+        **kafka_client_settings,
+    )
+    echo = _echo(app)
+    with app:
+        app.serve()
+        with pytest.raises(replies.TransportError) as caught:
+            echo.ask("x" * 20_000, timeout=20)
+        assert caught.value.cause == "too_large"
+        assert "max_request_size (10000 bytes)" in str(caught.value)
+        assert echo.ask("small", timeout=20) == "small"
