@@ -47,6 +47,32 @@ def test_asking_a_topic_that_does_not_exist_fails_at_once(make_app: MakeApp) -> 
     assert echo.ask(7, timeout=20) == 7
 
 
+@pytest.mark.integration
+def test_a_topic_created_just_after_the_send_began_is_not_refused(
+    kafka_bootstrap: str, kafka_client_settings: Any
+) -> None:
+    # A Faust client creates its reply topic right before it sends the
+    # request, so the broker can still call it unknown when the agent's
+    # reply leaves: metadata saying "missing" once is not enough to refuse.
+    sender = replies.App("grace", broker=f"kafka://{kafka_bootstrap}", **kafka_client_settings)
+    topic = f"late-{uuid.uuid4().hex[:8]}"
+    other = replies.App("creator", broker=f"kafka://{kafka_bootstrap}", **kafka_client_settings)
+    with sender, other:
+
+        def create_soon() -> None:
+            time.sleep(0.3)
+            other.transport.create_topic(topic)
+
+        creator = threading.Thread(target=create_soon)
+        creator.start()
+        try:
+            ack = sender.transport.produce(topic, Message(None, b"1", []), timeout=10)
+            ack.result(10)
+        finally:
+            creator.join()
+            other.transport.delete_topic(topic)
+
+
 def test_map_and_join_of_a_missing_topic_fail_at_once(make_app: MakeApp) -> None:
     app = make_app().start()
     nobody = app.topic(f"{app.id}-nobody")

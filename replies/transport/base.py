@@ -125,8 +125,11 @@ class Transport(abc.ABC):
         Blocks while the topic's partitions are unknown (the first record to
         a topic, or after the broker lost them), at most ``timeout`` seconds
         (``None``: the transport's own bound, ``max_block_ms`` on Kafka, 10 s
-        by default). A topic that does not exist is refused at once (one
-        metadata round trip) unless the transport auto-creates topics.
+        by default). A topic that does not exist is refused after about a
+        second (metadata must keep saying so, since a topic just created
+        by another client can look missing for a moment), or at the
+        deadline if that comes first, unless the transport auto-creates
+        topics.
 
         Returns:
             A future that completes when the broker acknowledged the record,

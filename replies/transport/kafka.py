@@ -68,6 +68,14 @@ _PRODUCER_DEFAULTS: Dict[str, Any] = {"max_block_ms": 10_000}
 _BATCH_OVERHEAD = 128
 _SIZE_ERRORS = (kafka.errors.MessageSizeTooLargeError, kafka.errors.RecordListTooLargeError)
 
+#: How long metadata must keep saying a topic is missing before a record to
+#: it is refused: a topic another client has just created can be unknown to
+#: the broker's metadata for a moment (a Faust client creates its reply
+#: topic right before it sends a request).
+MISSING_GRACE = 1.0
+#: Pause between two metadata requests while a topic looks missing.
+_MISSING_RETRY = 0.05
+
 
 def check_settings(settings: Mapping[str, Any], also_known: Collection[str] = ()) -> None:
     """Refuse settings no kafka-python client accepts, or that we manage.
@@ -390,8 +398,8 @@ class KafkaTransport(Transport):
         kafka-python's ``send()`` waits up to ``max_block_ms`` for them and
         cannot tell a topic that does not exist from a broker that is slow
         to answer; so wait here with the caller's time, on the producer's
-        own metadata, and refuse a missing topic after the first metadata
-        response that covers it.
+        own metadata, and refuse a topic that metadata responses have said
+        is missing for ``MISSING_GRACE`` seconds (or until the deadline).
 
         Raises:
             NoRespondersError: the topic does not exist.
@@ -404,6 +412,7 @@ class KafkaTransport(Transport):
             return
         sender = producer._sender
         covered = 0  # metadata responses that covered the topic
+        missing_since: Optional[float] = None  # first response that lacked it
         while True:
             # The sender thread owns the set of topics kafka-python asks
             # metadata for; this is its own way to add one from elsewhere.
@@ -414,13 +423,13 @@ class KafkaTransport(Transport):
             done = _wait_kafka(update, deadline - time.monotonic())
             if cluster.partitions_for_topic(topic) is not None:
                 return
-            if not done:
+            if not done and missing_since is None:
                 raise TransportError(
                     f"no metadata for topic {topic} in time: is the broker reachable?",
                     topic=topic,
                     cause="timeout",
                 )
-            error = update.exception if update.failed() else None
+            error = update.exception if done and update.failed() else None
             missing = (
                 isinstance(error, kafka.errors.UnknownTopicOrPartitionError)
                 and error.args[:1] == (topic,)
@@ -432,14 +441,20 @@ class KafkaTransport(Transport):
                 # just be electing leaders: keep waiting for it.
                 covered += 1 if tracked else 0
                 if (missing or covered >= 2) and cluster.topic_id(topic) is None:
-                    if not self._auto_create:
+                    now = time.monotonic()
+                    missing_since = now if missing_since is None else missing_since
+                    if not self._auto_create and now - missing_since >= MISSING_GRACE:
                         _untrack(cluster, topic)
                         raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
+                    time.sleep(max(0.0, min(_MISSING_RETRY, deadline - now)))
             elif not error.retriable:
                 raise TransportError(
                     f"cannot get metadata for topic {topic}: {error}", topic=topic
                 ) from error
             if time.monotonic() >= deadline:
+                if missing_since is not None and not self._auto_create:
+                    _untrack(cluster, topic)
+                    raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
                 raise TransportError(
                     f"no partitions for topic {topic} in time", topic=topic, cause="timeout"
                 )
