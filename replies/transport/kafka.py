@@ -12,6 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import difflib
 import logging
+import socket
+import ssl
 import struct
 import threading
 import time
@@ -22,6 +24,11 @@ import kafka
 import kafka.errors
 from kafka.admin import ConfigResource, ConfigResourceType, OffsetSpec
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.net.sasl import get_sasl_mechanism
+from kafka.net.transport import KafkaSSLTransport
+from kafka.protocol.metadata.api_versions import ApiVersionsRequest
+from kafka.protocol.parser import KafkaProtocol
+from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
 from kafka.structs import OffsetAndMetadata
 
 from replies.core.codec import Message
@@ -37,7 +44,7 @@ from replies.transport.base import (
     Transport,
 )
 
-__all__ = ["KafkaTransport", "KAFKA_SETTINGS", "check_settings"]
+__all__ = ["KafkaTransport", "KAFKA_SETTINGS", "DEFAULT_CONNECT_TIMEOUT", "check_connection", "check_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,9 @@ _RESERVED = {
     # The App's `auto_create_topics` decides (kafka-python would ignore it).
     "allow_auto_create_topics",
 }
+
+#: Seconds to reach a broker, log in and bootstrap, unless told otherwise.
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 #: Producer settings of this library's own unless the App sets them.
 #: ``max_block_ms`` bounds a send whose caller gave no timeout.
@@ -194,11 +204,18 @@ class KafkaTransport(Transport):
             to (its ``auto.create.topics.enable`` decides); by default a
             topic that does not exist is refused with
             :class:`NoRespondersError`.
+        connect_timeout: seconds to reach a bootstrap server, log in and
+            bootstrap (:func:`check_connection`, then kafka-python's
+            bootstrap); also each client's ``bootstrap_timeout_ms`` unless
+            the settings give one. None: ``bootstrap_timeout_ms`` if set,
+            else :data:`DEFAULT_CONNECT_TIMEOUT`.
 
     Raises:
         TypeError: a setting that no kafka-python client accepts, or one
             this library manages itself.
-        TransportError: the producer could not be created.
+        TransportError: the broker could not be reached, or refused the
+            login, within ``connect_timeout``; ``cause`` names why (see
+            :func:`check_connection`).
 
     Threading model: the producer is shared by every thread; one that
     kafka-python marked fatally failed is replaced by the next
@@ -215,9 +232,20 @@ class KafkaTransport(Transport):
         *,
         replication_factor: int = -1,
         auto_create_topics: bool = False,
+        connect_timeout: Optional[float] = None,
     ) -> None:
         settings = dict(settings or {})
         check_settings(settings)
+        if connect_timeout is None:
+            connect_timeout = settings.get("bootstrap_timeout_ms", DEFAULT_CONNECT_TIMEOUT * 1000) / 1000
+        assert connect_timeout is not None
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be > 0, not {connect_timeout!r}")
+        deadline = time.monotonic() + connect_timeout
+        check_connection(bootstrap_servers, settings, deadline)
+        # Every client bootstraps within the connect timeout unless told
+        # otherwise (kafka-python's default is 30 s).
+        settings.setdefault("bootstrap_timeout_ms", max(1, int(connect_timeout * 1000)))
         self._settings = settings
         self._bootstrap = bootstrap_servers
         self._replication_factor = replication_factor
@@ -234,16 +262,17 @@ class KafkaTransport(Transport):
         # the topic of each.
         self._pending_lock = threading.Lock()
         self._pending: Dict[Future[None], str] = {}
-        self._producer = self._new_producer(time.monotonic() + self._max_block)
+        self._producer = self._new_producer(deadline)
 
     def _new_producer(self, deadline: float) -> kafka.KafkaProducer:
         config = dict(self._producer_config)
-        if "bootstrap_timeout_ms" not in self._settings:
-            config["bootstrap_timeout_ms"] = max(1, int((deadline - time.monotonic()) * 1000))
+        config["bootstrap_timeout_ms"] = max(
+            1, min(config["bootstrap_timeout_ms"], int((deadline - time.monotonic()) * 1000))
+        )
         try:
             producer = kafka.KafkaProducer(bootstrap_servers=self._bootstrap, **config)
         except kafka.errors.KafkaError as exc:
-            raise TransportError(f"cannot connect to {self._bootstrap}: {exc}") from exc
+            raise _connect_error(self._bootstrap, exc) from exc
         _set_auto_create(producer._metadata, self._auto_create)
         producer._metadata.add_listener(self._on_metadata)
         return producer
@@ -286,15 +315,18 @@ class KafkaTransport(Transport):
                 **merged,
             )
         except kafka.errors.KafkaError as exc:
-            raise TransportError(f"cannot connect to {self._bootstrap}: {exc}") from exc
+            raise _connect_error(self._bootstrap, exc) from exc
         _set_auto_create(consumer._client.cluster, False)
         return consumer
 
     def _admin_locked(self) -> kafka.KafkaAdminClient:
         if self._admin is None:
-            self._admin = kafka.KafkaAdminClient(
-                bootstrap_servers=self._bootstrap, **_pick(self._settings, _ADMIN)
-            )
+            try:
+                self._admin = kafka.KafkaAdminClient(
+                    bootstrap_servers=self._bootstrap, **_pick(self._settings, _ADMIN)
+                )
+            except kafka.errors.KafkaError as exc:
+                raise _connect_error(self._bootstrap, exc) from exc
         return self._admin
 
     # -- producing ----------------------------------------------------------
@@ -638,6 +670,253 @@ class KafkaTransport(Transport):
                 return _describe_readers(self._admin_locked(), topic)
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot describe the readers of {topic}: {exc}") from exc
+
+
+# -- reaching a broker ---------------------------------------------------------------
+
+#: SASL mechanisms :func:`check_connection` logs in with; others (GSSAPI,
+#: OAUTHBEARER) are left to kafka-python's own bootstrap.
+_CHECKED_SASL = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+
+
+class _Unreachable(Exception):
+    """One bootstrap server failed the check; ``cause`` as in TransportError."""
+
+    def __init__(self, message: str, cause: str, *, final: bool) -> None:
+        super().__init__(message)
+        self.cause = cause
+        #: Trying again cannot help (bad certificate, refused login).
+        self.final = final
+
+
+def check_connection(servers: List[str], settings: Mapping[str, Any], deadline: float) -> None:
+    """Reach one bootstrap server as kafka-python will, or say why not.
+
+    Per server: resolve its name, open TCP, then (``SSL``/``SASL_SSL``) the
+    TLS handshake with kafka-python's own TLS settings, an ``ApiVersions``
+    round trip (is it Kafka?), then (``SASL_*`` with PLAIN or SCRAM) the
+    SASL login, all over one connection.
+    A server that refused the certificate or the login ends the check at
+    once; a refused connection or an unresolvable name is retried (a broker
+    may be starting) until ``deadline``. Behind ``proxy_url`` nothing is
+    checked here. Cost when all is well: one short connection.
+
+    Args:
+        servers: ``host:port`` strings.
+        settings: the kafka-python settings.
+        deadline: a :func:`time.monotonic` time.
+
+    Raises:
+        TransportError: with ``cause`` ``"name_not_resolved"``,
+            ``"connection_refused"``, ``"unreachable"``, ``"timeout"``,
+            ``"tls_failed"``, ``"protocol_mismatch"`` (not Kafka, or not
+            this security protocol) or ``"authentication_failed"``, and a
+            message naming the server and the cause.
+    """
+    if settings.get("proxy_url") or settings.get("socks5_proxy"):
+        return
+    backoff = 0.05
+    while True:
+        failures: List[_Unreachable] = []
+        for server in servers:
+            try:
+                _check_server(server, settings, deadline)
+                return
+            except _Unreachable as failure:
+                failures.append(failure)
+        final = [f for f in failures if f.final]
+        if final or time.monotonic() + backoff >= deadline:
+            worst = (final or failures)[-1]
+            raise TransportError(
+                "; ".join(str(f) for f in failures), cause=worst.cause
+            ) from worst.__cause__
+        time.sleep(backoff)
+        backoff = min(1.0, backoff * 2)
+
+
+def _check_server(server: str, settings: Mapping[str, Any], deadline: float) -> None:
+    host, _, port_text = server.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit():
+        raise _Unreachable(f"bootstrap server {server!r} is not host:port", "unreachable", final=True)
+    port = int(port_text)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise _Unreachable(
+            f"cannot resolve host name {host!r} of bootstrap server {server} ({exc.strerror})",
+            "name_not_resolved",
+            final=False,
+        ) from exc
+    sock = _open_tcp(server, addresses, deadline)
+    try:
+        protocol = str(settings.get("security_protocol") or "PLAINTEXT").upper()
+        if protocol in ("SSL", "SASL_SSL"):
+            sock = _tls_handshake(server, host, sock, settings, deadline)
+        call = _caller(sock, deadline)
+        try:
+            call(ApiVersionsRequest(), 0)
+        except socket.timeout as exc:
+            raise _Unreachable(f"no answer from {server} in time", "timeout", final=False) from exc
+        except (OSError, kafka.errors.KafkaError) as exc:
+            hint = "" if protocol.endswith("SSL") else " (is it a TLS listener? then security_protocol must be SSL or SASL_SSL)"
+            raise _Unreachable(
+                f"{server} does not answer as a Kafka broker over {protocol}: {exc}{hint}",
+                "protocol_mismatch",
+                final=True,
+            ) from exc
+        mechanism = str(settings.get("sasl_mechanism") or "PLAIN").upper()
+        if protocol.startswith("SASL_") and mechanism in _CHECKED_SASL:
+            _sasl_login(server, host, call, settings, mechanism)
+    finally:
+        sock.close()
+
+
+def _caller(sock: socket.socket, deadline: float) -> Callable[[Any, int], Any]:
+    """A blocking request/response function on ``sock``, framed by kafka-python."""
+    protocol = KafkaProtocol(client_id="replies-connect-check")
+
+    def call(request: Any, version: int) -> Any:
+        request.API_VERSION = version
+        protocol.send_request(request)
+        sock.settimeout(_left(deadline))
+        sock.sendall(protocol.send_bytes())
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the broker closed the connection")
+            for _, response in protocol.receive_bytes(data):
+                return response
+
+    return call
+
+
+def _left(deadline: float) -> float:
+    return max(0.001, deadline - time.monotonic())
+
+
+def _open_tcp(server: str, addresses: List[Any], deadline: float) -> socket.socket:
+    errors: List[OSError] = []
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(_left(deadline))
+        try:
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+    last = errors[-1] if errors else OSError("no address")
+    if isinstance(last, ConnectionRefusedError):
+        raise _Unreachable(
+            f"connection refused by {server}: is a broker listening there?",
+            "connection_refused",
+            final=False,
+        ) from last
+    if isinstance(last, socket.timeout):
+        raise _Unreachable(f"no answer from {server} in time", "timeout", final=False) from last
+    raise _Unreachable(f"cannot connect to {server}: {last}", "unreachable", final=False) from last
+
+
+def _tls_handshake(
+    server: str, host: str, sock: socket.socket, settings: Mapping[str, Any], deadline: float
+) -> socket.socket:
+    tls = {k: settings[k] for k in KafkaSSLTransport.DEFAULT_CONFIG if k in settings}
+    try:
+        context = KafkaSSLTransport._build_ssl_context({**KafkaSSLTransport.DEFAULT_CONFIG, **tls})
+    except (OSError, ssl.SSLError) as exc:
+        raise _Unreachable(f"cannot load the TLS settings (ssl_*): {exc}", "tls_failed", final=True) from exc
+    wrapped: ssl.SSLSocket = context.wrap_socket(
+        sock, server_hostname=host.rstrip("."), do_handshake_on_connect=False
+    )
+    wrapped.settimeout(_left(deadline))
+    try:
+        wrapped.do_handshake()
+    except ssl.SSLCertVerificationError as exc:
+        wrapped.close()
+        raise _Unreachable(
+            f"TLS verification of {server} failed: {exc.verify_message} "
+            "(is ssl_cafile the CA that signed the broker's certificate, and is the "
+            "broker's certificate for this host name?)",
+            "tls_failed",
+            final=True,
+        ) from exc
+    except ssl.SSLError as exc:
+        wrapped.close()
+        raise _Unreachable(
+            f"TLS handshake with {server} failed: {exc.reason or exc} "
+            "(does this listener speak TLS?)",
+            "tls_failed",
+            final=True,
+        ) from exc
+    except socket.timeout as exc:
+        wrapped.close()
+        raise _Unreachable(f"no TLS handshake from {server} in time", "timeout", final=False) from exc
+    except OSError as exc:
+        wrapped.close()
+        raise _Unreachable(
+            f"TLS handshake with {server} failed: {exc} (does this listener speak TLS?)",
+            "tls_failed",
+            final=True,
+        ) from exc
+    return wrapped
+
+
+def _sasl_login(
+    server: str,
+    host: str,
+    call: Callable[[Any, int], Any],
+    settings: Mapping[str, Any],
+    mechanism: str,
+) -> None:
+    """Log in with kafka-python's SASL mechanism classes.
+
+    Requests are pinned to version 1 (Kafka 1.0 and later). kafka-python's
+    own clients drop the broker's reason for a failed login (the broker
+    then closes the connection); this reads it.
+    """
+    user = settings.get("sasl_plain_username")
+    who = f"SASL {mechanism} login of user {user!r} at {server}"
+    try:
+        handshake = call(SaslHandshakeRequest(mechanism=mechanism), 1)
+        if handshake.error_code or mechanism not in handshake.mechanisms:
+            raise _Unreachable(
+                f"authentication failed: {who}: the broker offers {handshake.mechanisms}",
+                "authentication_failed",
+                final=True,
+            )
+        login = get_sasl_mechanism(mechanism)(host=host, **settings)
+        while not login.is_done():
+            response = call(SaslAuthenticateRequest(login.auth_bytes()), 1)
+            if response.error_code:
+                raise _Unreachable(
+                    f"authentication failed: {who} refused: {response.error_message} "
+                    "(check sasl_plain_username, sasl_plain_password and sasl_mechanism)",
+                    "authentication_failed",
+                    final=True,
+                )
+            login.receive(response.auth_bytes)
+        if not login.is_authenticated():
+            raise _Unreachable(
+                f"authentication failed: {who}: the broker's proof did not verify",
+                "authentication_failed",
+                final=True,
+            )
+    except socket.timeout as exc:
+        raise _Unreachable(f"no answer to the {who} in time", "timeout", final=False) from exc
+    except (OSError, kafka.errors.KafkaError) as exc:
+        raise _Unreachable(
+            f"authentication failed: {who}: {exc}", "authentication_failed", final=False
+        ) from exc
+
+
+def _connect_error(servers: List[str], exc: BaseException) -> TransportError:
+    """A kafka-python client that could not bootstrap, after the check passed."""
+    timeout = isinstance(exc, kafka.errors.KafkaTimeoutError)
+    return TransportError(
+        f"cannot bootstrap from {', '.join(servers)}: {exc}",
+        cause="timeout" if timeout else None,
+    )
 
 
 # -- kafka-python internals, each used in one place -------------------------------
