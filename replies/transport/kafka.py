@@ -77,6 +77,11 @@ _PRODUCER_DEFAULTS: Dict[str, Any] = {"max_block_ms": 10_000}
 #: (a v2 batch header plus one record's framing, rounded up).
 _BATCH_OVERHEAD = 128
 _SIZE_ERRORS = (kafka.errors.MessageSizeTooLargeError, kafka.errors.RecordListTooLargeError)
+_AUTH_ERRORS = (
+    kafka.errors.TopicAuthorizationFailedError,
+    kafka.errors.GroupAuthorizationFailedError,
+    kafka.errors.ClusterAuthorizationFailedError,
+)
 
 
 def check_settings(settings: Mapping[str, Any], also_known: Collection[str] = ()) -> None:
@@ -352,6 +357,8 @@ class KafkaTransport(Transport):
                 topic=topic,
                 cause="too_large",
             ) from exc
+        except _AUTH_ERRORS as exc:
+            raise self._denied(exc, "WRITE", topic=topic) from exc
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot send to {topic}: {exc}", topic=topic) from exc
         acked: Future[None] = Future()
@@ -370,11 +377,14 @@ class KafkaTransport(Transport):
                     daemon=True,
                 ).start()
                 return
-            error = TransportError(
-                f"send to {topic} failed: {exc}",
-                topic=topic,
-                cause="closed" if self._closed else None,
-            )
+            if isinstance(exc, _AUTH_ERRORS):
+                error = self._denied(exc, "WRITE", topic=topic)
+            else:
+                error = TransportError(
+                    f"send to {topic} failed: {exc}",
+                    topic=topic,
+                    cause="closed" if self._closed else None,
+                )
             error.__cause__ = exc
             _settle(acked, error)
 
@@ -467,6 +477,9 @@ class KafkaTransport(Transport):
                     if not self._auto_create:
                         _untrack(cluster, topic)
                         raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
+            elif isinstance(error, _AUTH_ERRORS):
+                _untrack(cluster, topic)
+                raise self._denied(error, "WRITE", topic=topic) from error
             elif not error.retriable:
                 raise TransportError(
                     f"cannot get metadata for topic {topic}: {error}", topic=topic
@@ -544,10 +557,19 @@ class KafkaTransport(Transport):
                     admin.create_topics(spec)
                 except kafka.errors.TopicAlreadyExistsError:
                     created = False
+                except _AUTH_ERRORS as exc:
+                    # The broker checks CREATE before it looks whether the
+                    # topic exists: a principal without CREATE may use a
+                    # topic made for it.
+                    if name not in admin.list_topics():
+                        raise self._denied(exc, "CREATE", topic=name) from exc
+                    created = False
                 # A consumer group that subscribes before every partition of
                 # a new topic has a leader gets an assignment that leaves
                 # some partitions to nobody; so wait until they all have one.
                 admin.wait_for_topics([name])
+        except _AUTH_ERRORS as exc:
+            raise self._denied(exc, "CREATE", topic=name) from exc
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot create topic {name}: {exc}", topic=name) from exc
         return created
@@ -579,6 +601,8 @@ class KafkaTransport(Transport):
                 admin.delete_topics([name])
             except kafka.errors.UnknownTopicOrPartitionError:
                 pass
+            except _AUTH_ERRORS as exc:
+                raise self._denied(exc, "DELETE", topic=name) from exc
             except kafka.errors.KafkaError as exc:
                 raise TransportError(
                     f"cannot delete topic {name}: {exc}",
@@ -599,13 +623,15 @@ class KafkaTransport(Transport):
     def reply_reader(self, topic: str, timeout: float) -> Reader:
         consumer = self._consumer()
         try:
-            partitions = _wait_for_partitions(consumer, topic, timeout)
+            partitions = self._partitions(consumer, topic, timeout)
             consumer.assign(partitions)
             consumer.seek_to_end(*partitions)
             for tp in partitions:
                 consumer.position(tp)  # resolves the end offset now, not lazily
         except BaseException as exc:
             consumer.close(autocommit=False)
+            if isinstance(exc, _AUTH_ERRORS):
+                raise self._denied(exc, "READ", topic=topic) from exc
             if isinstance(exc, kafka.errors.KafkaError):
                 raise TransportError(f"cannot read reply topic {topic}: {exc}") from exc
             raise
@@ -623,7 +649,9 @@ class KafkaTransport(Transport):
             # A member that joins before its own metadata knows the topic is
             # assigned nothing, and kafka-python may notice only at its next
             # periodic metadata refresh (minutes): learn the partitions first.
-            _wait_for_partitions(consumer, topic, timeout=30.0)
+            self._partitions(consumer, topic, timeout=30.0)
+            if str(self._settings.get("security_protocol", "PLAINTEXT")).upper() != "PLAINTEXT":
+                self._check_read(topic, group_id)
             listener = _Listener(on_revoke)
             consumer.subscribe([topic], listener=listener)
         except BaseException:
@@ -656,6 +684,70 @@ class KafkaTransport(Transport):
             if self._admin is not None:
                 self._admin.close()
                 self._admin = None
+
+    # -- authorization --------------------------------------------------------
+
+    def _denied(
+        self,
+        exc: BaseException,
+        operation: str,
+        *,
+        topic: Optional[str] = None,
+        group: Optional[str] = None,
+    ) -> TransportError:
+        """The error for an operation the broker's ACLs refused."""
+        what = f"group {group}" if group else f"topic {topic}" if topic else "the cluster"
+        user = self._settings.get("sasl_plain_username")
+        who = f"user {user!r}" if user else "this client's principal"
+        return TransportError(
+            f"not authorized: {operation} on {what} is denied to {who} by the "
+            f"broker's ACLs ({type(exc).__name__}); see the README's Security section",
+            topic=topic,
+            group=group,
+            cause="authorization_failed",
+            operation=operation,
+        )
+
+    def _partitions(
+        self, consumer: kafka.KafkaConsumer, topic: str, timeout: float
+    ) -> List[kafka.TopicPartition]:
+        """The partitions of a topic to read; refused at once if it may not
+        even be described (READ implies DESCRIBE)."""
+        try:
+            return _wait_for_partitions(consumer, topic, timeout)
+        except _AUTH_ERRORS as exc:
+            raise self._denied(exc, "READ", topic=topic) from exc
+
+    def _check_read(self, topic: str, group_id: str) -> None:
+        """Refuse at once a group member that may not read its topic or group.
+
+        Without this, the missing right shows only in the poll thread,
+        after the join. A throw-away consumer of the group fetches the
+        committed offset (DESCRIBE on the group) and one fetch at the end
+        of partition 0 (READ on the topic); it joins nothing and commits
+        nothing. Costs one short connection and about 0.2 s per agent at
+        serve(), so it runs only with a security protocol (ACLs need an
+        authenticated principal in practice).
+        """
+        probe = self._consumer(group_id=group_id)
+        tp = kafka.TopicPartition(topic, 0)
+        try:
+            probe.assign([tp])
+            try:
+                probe.committed(tp)
+            except _AUTH_ERRORS as exc:
+                raise self._denied(exc, "READ", group=group_id) from exc
+            probe.seek_to_end(tp)
+            try:
+                probe.position(tp)
+                probe.poll(timeout_ms=0)
+                probe.poll(timeout_ms=200)
+            except _AUTH_ERRORS as exc:
+                raise self._denied(exc, "READ", topic=topic) from exc
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"cannot read topic {topic}: {exc}", topic=topic) from exc
+        finally:
+            probe.close(autocommit=False)
 
     def describe_readers(self, topic: str) -> Optional[TopicReaders]:
         """See :meth:`Transport.describe_readers`.
@@ -1012,6 +1104,10 @@ def _wait_for_partitions(
         partitions = consumer.partitions_for_topic(topic)
         if partitions:
             return [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
+        # Private: the consumer's ClusterMetadata, which records the topics
+        # a metadata response refused.
+        if topic in consumer._client.cluster.unauthorized_topics:
+            raise kafka.errors.TopicAuthorizationFailedError(topic)
         if time.monotonic() >= deadline:
             raise TransportError(f"topic {topic} has no partitions after {timeout} s")
         time.sleep(0.05)
