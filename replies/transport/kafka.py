@@ -326,13 +326,25 @@ class KafkaTransport(Transport):
 
     def _admin_locked(self) -> kafka.KafkaAdminClient:
         if self._admin is None:
-            try:
-                self._admin = kafka.KafkaAdminClient(
-                    bootstrap_servers=self._bootstrap, **_pick(self._settings, _ADMIN)
-                )
-            except kafka.errors.KafkaError as exc:
-                raise _connect_error(self._bootstrap, exc) from exc
+            self._admin = self._new_admin({})
         return self._admin
+
+    def _new_admin(self, overrides: Mapping[str, Any]) -> kafka.KafkaAdminClient:
+        """A connected admin client, or a TransportError naming the cause.
+
+        The broker is checked first: a KafkaAdminClient that cannot
+        bootstrap raises from its constructor and leaves its IO thread
+        running (kafka-python 3.0), so none is made while the broker is
+        known to be out of reach.
+        """
+        config = {**_pick(self._settings, _ADMIN), **overrides}
+        check_connection(
+            self._bootstrap, self._settings, time.monotonic() + config["bootstrap_timeout_ms"] / 1000
+        )
+        try:
+            return kafka.KafkaAdminClient(bootstrap_servers=self._bootstrap, **config)
+        except kafka.errors.KafkaError as exc:
+            raise _connect_error(self._bootstrap, exc) from exc
 
     # -- producing ----------------------------------------------------------
 
@@ -594,10 +606,7 @@ class KafkaTransport(Transport):
                 self._admin = None
             admin: Optional[kafka.KafkaAdminClient] = None
             try:
-                admin = kafka.KafkaAdminClient(
-                    bootstrap_servers=self._bootstrap,
-                    **{**_pick(self._settings, _ADMIN), **bounds},
-                )
+                admin = self._new_admin(bounds)
                 admin.delete_topics([name])
             except kafka.errors.UnknownTopicOrPartitionError:
                 pass
@@ -817,12 +826,13 @@ def check_connection(servers: List[str], settings: Mapping[str, Any], deadline: 
             except _Unreachable as failure:
                 failures.append(failure)
         final = [f for f in failures if f.final]
-        if final or time.monotonic() + backoff >= deadline:
+        left = deadline - time.monotonic()
+        if final or left <= 0:
             worst = (final or failures)[-1]
             raise TransportError(
                 "; ".join(str(f) for f in failures), cause=worst.cause
             ) from worst.__cause__
-        time.sleep(backoff)
+        time.sleep(min(backoff, left))
         backoff = min(1.0, backoff * 2)
 
 
