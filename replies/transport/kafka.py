@@ -369,9 +369,9 @@ class KafkaTransport(Transport):
                 topic=topic,
                 cause="too_large",
             ) from exc
-        except _AUTH_ERRORS as exc:
-            raise self._denied(exc, "WRITE", topic=topic) from exc
         except kafka.errors.KafkaError as exc:
+            if _authorization_failure(exc):
+                raise self._denied(exc, "WRITE", topic=topic) from exc
             raise TransportError(f"cannot send to {topic}: {exc}", topic=topic) from exc
         acked: Future[None] = Future()
         with self._pending_lock:
@@ -389,7 +389,7 @@ class KafkaTransport(Transport):
                     daemon=True,
                 ).start()
                 return
-            if isinstance(exc, _AUTH_ERRORS):
+            if _authorization_failure(exc):
                 error = self._denied(exc, "WRITE", topic=topic)
             else:
                 error = TransportError(
@@ -723,9 +723,27 @@ class KafkaTransport(Transport):
         """The partitions of a topic to read; refused at once if it may not
         even be described (READ implies DESCRIBE)."""
         try:
+            if not consumer.partitions_for_topic(topic):
+                self._check_describe(topic)
             return _wait_for_partitions(consumer, topic, timeout)
         except _AUTH_ERRORS as exc:
             raise self._denied(exc, "READ", topic=topic) from exc
+
+    def _check_describe(self, topic: str) -> None:
+        """Raise TopicAuthorizationFailedError if ``topic`` may not be described.
+
+        A consumer's metadata of all topics silently leaves out those it
+        may not see; a request naming the topic gets the error (which the
+        broker gives whether or not the topic exists).
+        """
+        try:
+            with self._admin_lock:
+                (described,) = self._admin_locked().describe_topics([topic])
+        except (kafka.errors.KafkaError, TransportError, ValueError) as exc:
+            logger.debug("cannot describe topic %s: %s", topic, exc)
+            return
+        if described.get("error_code") == kafka.errors.TopicAuthorizationFailedError.errno:
+            raise kafka.errors.TopicAuthorizationFailedError(topic)
 
     def _check_read(self, topic: str, group_id: str) -> None:
         """Refuse at once a group member that may not read its topic or group.
@@ -1010,6 +1028,18 @@ def _sasl_login(
         raise _Unreachable(
             f"authentication failed: {who}: {exc}", "authentication_failed", final=False
         ) from exc
+
+
+def _authorization_failure(exc: BaseException) -> bool:
+    """Whether a kafka-python error is an ACL refusal.
+
+    The idempotent producer reports a refused ``InitProducerId`` (no WRITE
+    on any topic, hence no implied IDEMPOTENT_WRITE) as a plain KafkaError
+    whose text names the error; so the text is looked at too.
+    """
+    return isinstance(exc, _AUTH_ERRORS) or (
+        isinstance(exc, kafka.errors.KafkaError) and "AuthorizationFailed" in str(exc)
+    )
 
 
 def _connect_error(servers: List[str], exc: BaseException) -> TransportError:
