@@ -212,8 +212,9 @@ class KafkaTransport(Transport):
         connect_timeout: seconds to reach a bootstrap server, log in and
             bootstrap (:func:`check_connection`, then kafka-python's
             bootstrap); also each client's ``bootstrap_timeout_ms`` unless
-            the settings give one. None: ``bootstrap_timeout_ms`` if set,
-            else :data:`DEFAULT_CONNECT_TIMEOUT`.
+            the settings give one, which then bounds it too. None:
+            ``bootstrap_timeout_ms`` if set, else
+            :data:`DEFAULT_CONNECT_TIMEOUT`.
 
     Raises:
         TypeError: a setting that no kafka-python client accepts, or one
@@ -241,9 +242,12 @@ class KafkaTransport(Transport):
     ) -> None:
         settings = dict(settings or {})
         check_settings(settings)
-        if connect_timeout is None:
-            connect_timeout = settings.get("bootstrap_timeout_ms", DEFAULT_CONNECT_TIMEOUT * 1000) / 1000
-        assert connect_timeout is not None
+        if "bootstrap_timeout_ms" in settings:
+            # Given explicitly, kafka-python's own bound is honoured too.
+            bound = settings["bootstrap_timeout_ms"] / 1000
+            connect_timeout = bound if connect_timeout is None else min(connect_timeout, bound)
+        elif connect_timeout is None:
+            connect_timeout = DEFAULT_CONNECT_TIMEOUT
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be > 0, not {connect_timeout!r}")
         deadline = time.monotonic() + connect_timeout
