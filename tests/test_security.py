@@ -316,7 +316,7 @@ def test_worker_without_write_on_a_reply_topic_keeps_serving_others(
     ok, refused = scene.user("ok"), scene.user("refused")
     grant_client(scene.access, ok, [scene.topic("double")], allowed)
     grant_client(scene.access, refused, [scene.topic("double")], denied)
-    good = scene.app(ok, reply_to_prefix=allowed).start()
+    good = scene.app(ok, reply_to_prefix=allowed, request_timeout=10).start()
     bad = scene.app(refused, reply_to_prefix=denied, request_timeout=3).start()
     with caplog.at_level(logging.WARNING, logger="replies"):
         for round in range(2):
