@@ -93,7 +93,7 @@ def start(args: argparse.Namespace) -> int:
     try:
         started = time.monotonic()
         broker.start()
-        state = {"pid": os.getpid(), "bootstrap": broker.bootstrap_servers, "kind": args.broker}
+        state = {"pid": os.getpid(), "bootstrap": broker.bootstrap_servers, "kind": broker.kind}
         _state_file().parent.mkdir(parents=True, exist_ok=True)
         _state_file().write_text(json.dumps(state))
         print(f"{broker.kind} ready in {time.monotonic() - started:.1f} s; data in {broker.data_dir}",
