@@ -59,6 +59,11 @@ class App:
         replication_factor: of topics this App creates (-1: broker default).
         reply_tracebacks: agents include the traceback in error replies.
         shutdown_timeout: seconds close() waits for handlers to finish (30).
+        connect_timeout: seconds :meth:`start` and :meth:`serve` wait to
+            reach a Kafka broker and log in (10); then they fail with a
+            :class:`~replies.TransportError` whose ``cause`` names why
+            (``"connection_refused"``, ``"name_not_resolved"``,
+            ``"tls_failed"``, ``"authentication_failed"`` ...).
         auto_create_topics: let a request to a topic that does not exist
             create it (the broker's ``auto.create.topics.enable`` decides on
             Kafka), as before 0.2. Off by default: such a request fails at
@@ -98,12 +103,15 @@ class App:
         reply_tracebacks: bool = False,
         shutdown_timeout: float = 30.0,
         auto_create_topics: bool = False,
+        connect_timeout: float = 10.0,
         **kafka_settings: Any,
     ) -> None:
         if not id:
             raise ValueError("an App needs an id")
         if request_timeout is not None and request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0 or None, not {request_timeout!r}")
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be > 0, not {connect_timeout!r}")
         if topic_partitions < 1:
             raise ValueError(f"topic_partitions must be >= 1, not {topic_partitions}")
         if isinstance(reply_expires, datetime.timedelta):
@@ -124,6 +132,7 @@ class App:
         self.reply_tracebacks = reply_tracebacks
         self.shutdown_timeout = shutdown_timeout
         self.auto_create_topics = auto_create_topics
+        self.connect_timeout = float(connect_timeout)
         self.kafka_settings = kafka_settings
         self.codec = Codec(
             value_serializer=value_serializer,
@@ -368,6 +377,7 @@ class App:
                 self.kafka_settings,
                 replication_factor=self.replication_factor,
                 auto_create_topics=self.auto_create_topics,
+                connect_timeout=self.connect_timeout,
             )
         return self._transport
 
