@@ -74,8 +74,9 @@ class ReplyConsumer:
     5 s); when polls keep failing for the App's ``request_timeout`` (30 s
     without one), every waiting promise fails with
     :class:`ReplyConsumerError`, the reader is replaced by a new one
-    positioned at the topic's end, and the thread carries on, so requests
-    made once the broker answers again are served. If the thread dies all
+    positioned at the topic's end (requests still waiting when it is in
+    place fail too: their replies may have come before it), and the thread
+    carries on, so requests made once the broker answers again are served. If the thread dies all
     the same, every pending promise fails with :class:`ReplyConsumerError`;
     :meth:`stop` fails them with :class:`ClosedError`.
 
@@ -185,8 +186,19 @@ class ReplyConsumer:
                     if reader is None:
                         reader = self._open_reader(RETRY_MAX)
                         seen_skipped = 0
+                        # The new reader starts at the end: replies to the
+                        # requests still waiting may have come before it.
+                        # Fail them now rather than let them time out.
+                        failed = self.table.fail_pending(
+                            f"the reply topic {self.app.reply_to} was read by no one "
+                            "for a while: the reply may have been missed",
+                            ReplyConsumerError,
+                        )
                         self.logger.warning(
-                            "reading replies on %s again, from its end", self.app.reply_to
+                            "reading replies on %s again, from its end (failed %d requests "
+                            "sent while no reader was reading)",
+                            self.app.reply_to,
+                            failed,
                         )
                     records = reader.poll(POLL_INTERVAL)
                 except Exception as exc:
