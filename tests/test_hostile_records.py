@@ -316,7 +316,7 @@ def injector(monkeypatch: pytest.MonkeyPatch) -> Injector:
 
     monkeypatch.setattr(MemoryTransport, "reply_reader", reply_reader)
     # Short pauses between retries keep the tests short.
-    monkeypatch.setattr(reply_consumer, "RETRY_MAX", 0.2)
+    monkeypatch.setattr(reply_consumer, "RETRY_MAX", 0.2, raising=False)
     return injector
 
 
@@ -373,3 +373,47 @@ def test_persistent_poll_failure_fails_the_waiters_and_the_app_heals(injector: I
         consumer = app.reply_consumer
         assert consumer is not None and consumer.thread is not None and consumer.thread.is_alive()
         assert len(injector.readers) == 2 and injector.readers[0].failures >= 3
+
+
+# -- records kafka-python cannot parse, at the transport --------------------------------
+
+
+@pytest.mark.integration
+def test_kafka_readers_skip_records_kafka_python_cannot_parse(
+    kafka_bootstrap: str, kafka_client_settings: Dict[str, Any]
+) -> None:
+    import kafka
+
+    from replies.transport.kafka import KafkaTransport
+
+    topic = f"t{uuid.uuid4().hex[:8]}-unreadable"
+    transport = KafkaTransport(kafka_bootstrap.split(","), kafka_client_settings)
+    readers: List[Reader] = []
+    producer = kafka.KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    try:
+        transport.create_topic(topic, partitions=1)
+        reply_reader = transport.reply_reader(topic, timeout=20)
+        group_reader = transport.group_reader(
+            topic, f"{topic}-group", on_revoke=lambda _: None, max_records=100
+        )
+        readers += [reply_reader, group_reader]
+        bad_key = [(RawKey(b"\xff\xfe"), b"v")]
+        producer.send(topic, b"good-1").get(10)
+        producer.send(topic, b"bad-1", headers=bad_key).get(10)  # a batch of its own
+        producer.send(topic, b"good-2").get(10)
+        producer.send(topic, b"bad-2", headers=bad_key).get(10)
+        producer.send(topic, b"good-3").get(10)
+        for reader in readers:
+            values: List[Optional[bytes]] = []
+            for _ in range(100):
+                values += [r.value for r in reader.poll(0.2)]
+                if len(values) >= 3:
+                    break
+            assert values == [b"good-1", b"good-2", b"good-3"]
+            assert reader.skipped == 2
+    finally:
+        producer.close(5)
+        for reader in readers:
+            reader.close()
+        transport.delete_topic(topic, timeout=10)
+        transport.close(5)
