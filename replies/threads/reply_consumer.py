@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 from replies.core.promise import ReplyPromise, mark_reply_thread
 from replies.core.table import CorrelationTable, Reply
-from replies.errors import ClosedError, DecodeError, ReplyConsumerError
+from replies.errors import ClosedError, DecodeError, ReplyConsumerError, TransportError
 from replies.transport.base import Reader, Record
 
 if TYPE_CHECKING:
@@ -152,6 +152,21 @@ class ReplyConsumer:
             )
         return transport.reply_reader(topic, timeout=timeout)
 
+    def _reopen_reader(self) -> Reader:
+        """A new reader at the end of the reply topic, for the reply thread.
+
+        Creates the topic again (if that is ours to do) only when it cannot
+        be read, e.g. because somebody deleted it: no admin round trip
+        otherwise. Blocks for as long as the transport takes to connect
+        and find the topic's partitions (about ``RETRY_MAX`` seconds).
+        """
+        try:
+            return self.app.transport.reply_reader(self.app.reply_to, timeout=RETRY_MAX)
+        except TransportError:
+            if not self.app.reply_create_topic or self._stopping.is_set():
+                raise
+        return self._open_reader(RETRY_MAX)
+
     def add(self, correlation_id: str, promise: ReplyPromise) -> None:
         """Register a waiter; call it before the request is sent.
 
@@ -184,7 +199,7 @@ class ReplyConsumer:
             while not self._stopping.is_set():
                 try:
                     if reader is None:
-                        reader = self._open_reader(RETRY_MAX)
+                        reader = self._reopen_reader()
                         seen_skipped = 0
                         # The new reader starts at the end: replies to the
                         # requests still waiting may have come before it.
