@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Set
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Set, Tuple
 
 import kafka
 import kafka.errors
@@ -125,21 +125,98 @@ def _pick(settings: Mapping[str, Any], names: Set[str]) -> Dict[str, Any]:
 
 
 class _KafkaReader(Reader):
-    """A reader on one KafkaConsumer; reply readers are exactly this."""
+    """A reader on one KafkaConsumer; reply readers are exactly this.
+
+    A record kafka-python cannot parse (a header key that is not UTF-8,
+    which other clients can write, or a corrupt batch) makes its ``poll``
+    raise, and every later ``poll`` spin without end on the same data; so
+    :meth:`poll` seeks past the rest of that record's batch, logs it, and
+    counts it in ``skipped``. A batch comes from one producer's request, so
+    what is skipped with it was written by the same client.
+    """
 
     def __init__(self, consumer: kafka.KafkaConsumer) -> None:
         self._consumer = consumer
+        self.skipped = 0
 
     def poll(self, timeout: float) -> List[Record]:
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
-        except kafka.errors.KafkaError as exc:
-            raise TransportError(f"polling failed: {exc}") from exc
+        except Exception as exc:
+            if not self._skip_unreadable(exc):
+                raise TransportError(f"polling failed: {exc!r}") from exc
+            return []
         return [_record(r) for batch in batches.values() for r in batch]
+
+    def _skip_unreadable(self, exc: Exception) -> bool:
+        """Seek past the records that made ``poll`` raise, if that was the cause.
+
+        Returns:
+            Whether the consumer was moved past them.
+        """
+        found = _unreadable_records(exc)
+        if found is None:
+            return False
+        tp, first, after = found
+        try:
+            self._consumer.seek(tp, after)
+        except (kafka.errors.KafkaError, ValueError, TypeError) as error:
+            logger.debug("cannot seek past unreadable records: %s", error)
+            return False
+        self.skipped += after - first
+        logger.warning(
+            "skipped records %s[%d]@%d..%d: kafka-python cannot read them (%s)",
+            tp.topic,
+            tp.partition,
+            first,
+            after - 1,
+            exc.__context__ or exc,
+        )
+        return True
 
     def close(self) -> None:
         # For a group member this leaves the group, so the others take over.
         self._consumer.close(autocommit=False)
+
+
+def _unreadable_records(exc: BaseException) -> Optional[Tuple[Any, int, int]]:
+    """Where the records are that kafka-python failed to parse.
+
+    kafka-python parses a fetched batch lazily in
+    ``Fetcher.PartitionRecords._unpack_records`` (locals ``tp`` and
+    ``batch``), and wraps a record it cannot read (``_read_msg``, local
+    ``offset``) in a ``CorruptRecordError``; the partition's generator is
+    dead after that. Its frames stay on the exception's traceback.
+
+    Returns:
+        ``(partition, first offset to skip, offset to resume at)``: from
+        the unreadable record (or the partition's next fetch offset) to
+        the end of its batch; or None if ``exc`` did not come from parsing.
+    """
+    tp = batch = fetch_offset = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_unpack_records":
+            tp = frame.f_locals.get("tp")
+            batch = frame.f_locals.get("batch")
+            fetch_offset = getattr(frame.f_locals.get("self"), "next_fetch_offset", None)
+        tb = tb.tb_next
+    if not isinstance(tp, kafka.TopicPartition) or not isinstance(fetch_offset, int):
+        return None
+    first = fetch_offset
+    cause = exc.__context__
+    tb = cause.__traceback__ if cause is not None else None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_read_msg":
+            offset = tb.tb_frame.f_locals.get("offset")
+            if isinstance(offset, int) and offset >= fetch_offset:
+                first = offset
+        tb = tb.tb_next
+    after = getattr(batch, "next_offset", None)
+    if not isinstance(after, int) or after <= first:
+        return None  # nothing known to skip: moving on would lose records or loop
+    return tp, first, after
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
