@@ -370,7 +370,13 @@ class AgentWorker:
                 trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             remote = RemoteError(type(error).__name__, str(error), remote_traceback=trace)
         message = self.app.codec.encode_reply(
-            request.correlation_id, value, key=request.key, more=more, end=end, error=remote
+            request.correlation_id,
+            value,
+            key=request.key,
+            more=more,
+            end=end,
+            error=remote,
+            request=request,
         )
         ack = self.app.transport.produce(request.reply_to, message)
         ack.add_done_callback(self._on_reply_acked)
