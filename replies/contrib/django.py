@@ -28,8 +28,7 @@ process that does. So ``manage.py check``, ``migrate`` and every other
 management command, and the autoreloader's parent process, never touch the
 broker; a pre-fork server's workers each get their own connections and
 reply topic; the App is closed when the process exits. Nothing runs in
-``AppConfig.ready()``; adding ``"replies.contrib.django"`` to
-``INSTALLED_APPS`` is optional.
+``AppConfig.ready()`` and nothing needs adding to ``INSTALLED_APPS``.
 
 Serve the agents with ``python -m replies worker myproject.agents:app``
 (with ``DJANGO_SETTINGS_MODULE`` set). In tests, :func:`serving_in_memory`
