@@ -131,3 +131,15 @@ def test_settings_come_from_the_flask_config() -> None:
         bad = flask.Flask("bad")
         bad.config["REPLIES"] = ["not", "a", "dict"]
         Replies(bad)
+
+
+def test_the_frameworks_are_imported_only_when_used() -> None:
+    import subprocess
+
+    script = (
+        "import sys, replies, replies.contrib.flask, replies.contrib.django; "
+        "print('flask' in sys.modules, 'django' in sys.modules)"
+    )
+    done = subprocess.run([web.PYTHON, "-c", script], env=web.env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
