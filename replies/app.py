@@ -533,10 +533,6 @@ class App:
                 replication_factor=self.replication_factor,
                 auto_create_topics=self.auto_create_topics,
             )
-            # After the clients registered their own exit hooks: ours runs
-            # first (atexit is last in, first out), while they still work.
-            atexit.unregister(_close_open_apps)
-            atexit.register(_close_open_apps)
         return self._transport
 
     def _check_process(self) -> None:
@@ -582,20 +578,42 @@ def _reset_apps_in_child() -> None:
 
 
 def _close_open_apps() -> None:
-    """Close this process's open Apps (at interpreter exit)."""
+    """Close this process's open Apps (at interpreter exit).
+
+    Serving stops everywhere first, so that agents answering this
+    process's own requests still find their reply topics; then each App
+    closes, deleting its reply topic.
+    """
     with _live_lock:
-        apps = [app for app in _live_apps if app._transport is not None]
+        apps = [
+            app for app in _live_apps if app._transport is not None and app._pid == os.getpid()
+        ]
     for app in apps:
-        if app._pid != os.getpid():
-            continue
+        try:
+            app._stop_serving({agent.group_id for agent in app.agents.values()})
+        except Exception:  # exiting anyway: say so, close the others
+            logger.exception("stopping App %r's agents at exit failed", app.id)
+    for app in apps:
         try:
             app.close(EXIT_CLOSE_TIMEOUT)
-        except Exception:  # exiting anyway: say so, close the others
+        except Exception:
             logger.exception("closing App %r at exit failed", app.id)
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_apps_in_child)
+
+# Closing must come before the interpreter shuts down thread pools (agents'
+# handler pools would refuse work) and before kafka-python's own exit hooks
+# close its clients: threading's exit hooks run before atexit's, and in
+# reverse order of registration, after concurrent.futures' (imported above).
+# They also run when a multiprocessing child ends (with os._exit(), which
+# runs no atexit hooks).
+_register_threading_exit = getattr(threading, "_register_atexit", None)
+if _register_threading_exit is not None:
+    _register_threading_exit(_close_open_apps)
+else:  # pragma: no cover (Python without threading._register_atexit)
+    atexit.register(_close_open_apps)
 
 
 

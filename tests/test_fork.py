@@ -77,3 +77,54 @@ def test_the_parent_is_unaffected_and_keeps_its_topic(forked: Dict[str, Any]) ->
 
 def test_children_delete_their_own_topics_at_exit(forked: Dict[str, Any]) -> None:
     assert forked["child_topics_left"] == []
+
+
+MULTIPROCESSING_CHILD = """
+import json, multiprocessing, os
+import replies
+settings = json.loads(os.environ["REPLIES_TEST_KAFKA_SETTINGS"])
+broker = os.environ["REPLIES_TEST_BROKER_URL"]
+app_id = os.environ["REPLIES_TEST_APP_ID"]
+server = replies.App(app_id, broker=broker, topic_partitions=1, **settings)
+@server.agent()
+def echo(value):
+    return value
+client = replies.App(app_id + "-client", broker=broker, request_timeout=20, **settings)
+
+def child(results):
+    results.put((client.topic(echo.topic_name).ask(os.getpid()), client.reply_to))
+
+if __name__ == "__main__":
+    server.serve()
+    results = multiprocessing.get_context("fork").Queue()
+    process = multiprocessing.get_context("fork").Process(target=child, args=(results,))
+    process.start()
+    answer, reply_to = results.get(timeout=60)
+    process.join(60)
+    print(json.dumps({"answer": answer, "child": process.pid, "code": process.exitcode,
+                      "reply_to": reply_to, "exists": server.transport.topic_exists(reply_to)}))
+    server.close()
+"""
+
+
+def test_a_multiprocessing_child_closes_its_app(
+    kafka_bootstrap: str, kafka_client_settings: Dict[str, Any], tmp_path: Path
+) -> None:
+    # multiprocessing ends a child with os._exit(): no exit hooks, only its
+    # own finalizers; the child's reply topic must still be deleted.
+    script = tmp_path / "mp_child.py"
+    script.write_text(MULTIPROCESSING_CHILD)
+    env = dict(
+        os.environ,
+        REPLIES_TEST_BROKER_URL=f"kafka://{kafka_bootstrap}",
+        REPLIES_TEST_APP_ID=f"mp{uuid.uuid4().hex[:8]}",
+        REPLIES_TEST_KAFKA_SETTINGS=json.dumps(kafka_client_settings),
+        PYTHONPATH=str(ROOT),
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["answer"] == result["child"] and result["code"] == 0
+    assert result["exists"] is False, "the child deleted its own reply topic"

@@ -158,18 +158,22 @@ def test_open_apps_are_closed_at_exit(
     kafka_bootstrap: str, kafka_client_settings: Dict[str, Any]
 ) -> None:
     # A process that serves, asks (starting a client lazily) and then
-    # simply ends: its reply topic is deleted by the exit hook.
+    # simply ends with requests still in flight: the exit hook closes the
+    # Apps before the interpreter stops thread pools (agents finish their
+    # work) and deletes the client's reply topic.
     script = """
-import json, os, sys
+import json, os, sys, time
 import replies
 settings = json.loads(os.environ["SETTINGS"])
 server = replies.App(os.environ["APP_ID"], broker=os.environ["BROKER"], topic_partitions=1, **settings)
-@server.agent()
+@server.agent(concurrency=2)
 def echo(value):
+    time.sleep(0.01)
     return value
 server.serve()
 client = replies.App(os.environ["APP_ID"] + "-client", broker=os.environ["BROKER"], **settings)
-assert client.topic(echo.topic_name).ask("bye", timeout=20) == "bye"
+assert client.topic(echo.topic_name).join(range(30), timeout=20) == list(range(30))
+pending = [client.topic(echo.topic_name).ask_nowait(i) for i in range(20)]
 print(client.reply_to, flush=True)
 """
     env = dict(
@@ -183,6 +187,7 @@ print(client.reply_to, flush=True)
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=90
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "stopped" not in done.stderr, done.stderr[-3000:]
     reply_to = done.stdout.strip()
     assert reply_to.startswith("f-reply-")
     observer = replies.App("observer", broker=f"kafka://{kafka_bootstrap}", **kafka_client_settings)
