@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -533,6 +534,7 @@ class App:
                 replication_factor=self.replication_factor,
                 auto_create_topics=self.auto_create_topics,
             )
+            _close_at_exit()
         return self._transport
 
     def _check_process(self) -> None:
@@ -577,45 +579,72 @@ def _reset_apps_in_child() -> None:
         app._reset_in_child()
 
 
-def _close_open_apps() -> None:
-    """Close this process's open Apps (at interpreter exit).
-
-    Serving stops everywhere first, so that agents answering this
-    process's own requests still find their reply topics; then each App
-    closes, deleting its reply topic.
-    """
+def _open_apps() -> List[App]:
     with _live_lock:
-        apps = [
+        return [
             app for app in _live_apps if app._transport is not None and app._pid == os.getpid()
         ]
-    for app in apps:
+
+
+def _stop_serving_at_exit() -> None:
+    """Stop this process's agents as the interpreter begins to exit.
+
+    Runs among threading's exit hooks: after the main thread ended, before
+    ``concurrent.futures`` shuts down thread pools (registered earlier, so
+    run later), while agents' handler pools still take work; they finish
+    what they consumed, and their replies reach this process's own asks.
+    """
+    for app in _open_apps():
         try:
             app._stop_serving({agent.group_id for agent in app.agents.values()})
-        except Exception:  # exiting anyway: say so, close the others
+        except Exception:  # exiting anyway: say so, go on with the others
             logger.exception("stopping App %r's agents at exit failed", app.id)
-    for app in apps:
+
+
+def _close_open_apps() -> None:
+    """Close this process's open Apps as it ends, deleting their reply topics.
+
+    Runs from ``atexit``: after the threads that were still asking ended.
+    """
+    _stop_serving_at_exit()
+    for app in _open_apps():
         try:
             app.close(EXIT_CLOSE_TIMEOUT)
         except Exception:
             logger.exception("closing App %r at exit failed", app.id)
 
 
+def _close_at_exit() -> None:
+    """Have :func:`_close_open_apps` run when this process ends.
+
+    Called each time an App connects, after kafka-python's clients
+    registered their own ``atexit`` hooks: registered again, ours runs
+    before theirs (last in, first out), while the clients still work. A
+    ``multiprocessing`` child ends with ``os._exit()``, which runs no
+    ``atexit`` hooks, only multiprocessing's finalizers: register there too
+    (once per process; each process starts with an empty registry).
+    """
+    global _finalizer_pid
+    atexit.unregister(_close_open_apps)
+    atexit.register(_close_open_apps)
+    process = sys.modules.get("multiprocessing.process")
+    if process is None or process.parent_process() is None or _finalizer_pid == os.getpid():
+        return
+    _finalizer_pid = os.getpid()
+    from multiprocessing import util
+
+    util.Finalize(None, _close_open_apps, exitpriority=100)
+
+
+#: The process that registered a multiprocessing finalizer, if any.
+_finalizer_pid: Optional[int] = None
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_apps_in_child)
 
-# Closing must come before the interpreter shuts down thread pools (agents'
-# handler pools would refuse work) and before kafka-python's own exit hooks
-# close its clients: threading's exit hooks run before atexit's, and in
-# reverse order of registration, after concurrent.futures' (imported above).
-# They also run when a multiprocessing child ends (with os._exit(), which
-# runs no atexit hooks).
 _register_threading_exit = getattr(threading, "_register_atexit", None)
 if _register_threading_exit is not None:
-    _register_threading_exit(_close_open_apps)
-else:  # pragma: no cover (Python without threading._register_atexit)
-    atexit.register(_close_open_apps)
-
-
+    _register_threading_exit(_stop_serving_at_exit)
 
 
 def _app_settings() -> FrozenSet[str]:

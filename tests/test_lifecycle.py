@@ -195,3 +195,46 @@ print(client.reply_to, flush=True)
         assert not observer.start().transport.topic_exists(reply_to)
     finally:
         observer.close()
+
+
+@pytest.mark.integration
+def test_threads_still_asking_when_main_ends_are_answered_then_closed(
+    kafka_bootstrap: str, kafka_client_settings: Dict[str, Any], tmp_path: Path
+) -> None:
+    # The main thread ends while a non-daemon thread has yet to ask: its
+    # asks (the first one starting the App) are answered by a worker
+    # process, and the App is closed, its topic deleted, after it ends.
+    from tests.test_worker_processes import Workers
+
+    workers = Workers(kafka_bootstrap, kafka_client_settings, tmp_path)
+    try:
+        workers.start()
+        script = """
+import json, os, threading, time
+import replies
+settings = json.loads(os.environ["REPLIES_TEST_KAFKA_SETTINGS"])
+client = replies.App(os.environ["REPLIES_TEST_APP_ID"] + "-client",
+                     broker=os.environ["REPLIES_TEST_BROKER_URL"], request_timeout=30, **settings)
+work = client.topic(os.environ["REPLIES_TEST_APP_ID"] + "-work")
+
+def asker():
+    time.sleep(0.5)
+    answers = [work.ask(i)["value"] for i in range(20)]
+    print(json.dumps({"answers": answers, "reply_to": client.reply_to}), flush=True)
+
+threading.Thread(target=asker, name="asker").start()
+"""
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=workers.env, capture_output=True, text=True,
+            timeout=90,
+        )
+    finally:
+        workers.stop_all()
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["answers"] == list(range(20))
+    observer = replies.App("observer", broker=f"kafka://{kafka_bootstrap}", **kafka_client_settings)
+    try:
+        assert not observer.start().transport.topic_exists(result["reply_to"])
+    finally:
+        observer.close()
