@@ -66,6 +66,11 @@ class App:
             deleting its topic.
         reply_delete_topic: delete the reply topic on close; by default only
             a generated one (a named one is shared: no user deletes it).
+        replace_serving: when this App serves, another App of this process
+            with the same id and broker that serves the same agents (a
+            notebook cell run again) stops serving them, with a warning, so
+            no stale handler answers. ``False`` lets both serve (two members
+            of the group in one process).
         request_timeout: default seconds to wait for a reply (30); ``None``
             waits forever.
         request_mode: ``"headers"`` (Faust >= 1.10) or ``"envelope"``.
@@ -82,11 +87,6 @@ class App:
             Kafka), as before 0.2. Off by default: such a request fails at
             once with :class:`~replies.NoRespondersError`, and a reply never
             re-creates a deleted reply topic.
-        replace_serving: when this App serves, another App of this process
-            with the same id and broker that serves the same agents (a
-            notebook cell run again) stops serving them, with a warning, so
-            no stale handler answers. ``False`` lets both serve (two members
-            of the group in one process).
         **kafka_settings: passed to kafka-python's clients (``client_id``,
             ``security_protocol``, ``sasl_*``, ``ssl_*``, ``acks`` ...).
 
@@ -125,6 +125,7 @@ class App:
         reply_create_topic: bool = False,
         reply_expires: Union[float, datetime.timedelta] = datetime.timedelta(days=1),
         reply_delete_topic: Optional[bool] = None,
+        replace_serving: bool = True,
         request_timeout: Optional[float] = 30.0,
         request_mode: str = "headers",
         value_serializer: str = "json",
@@ -135,7 +136,6 @@ class App:
         reply_tracebacks: bool = False,
         shutdown_timeout: float = 30.0,
         auto_create_topics: bool = False,
-        replace_serving: bool = True,
         **kafka_settings: Any,
     ) -> None:
         if not id:
@@ -158,13 +158,13 @@ class App:
         self.reply_create_topic = reply_create_topic or reply_to is None
         self.reply_expires = float(reply_expires)
         self.reply_delete_topic = reply_to is None if reply_delete_topic is None else reply_delete_topic
+        self.replace_serving = replace_serving
         self.request_timeout = request_timeout
         self.topic_partitions = topic_partitions
         self.replication_factor = replication_factor
         self.reply_tracebacks = reply_tracebacks
         self.shutdown_timeout = shutdown_timeout
         self.auto_create_topics = auto_create_topics
-        self.replace_serving = replace_serving
         self.kafka_settings = kafka_settings
         self.codec = Codec(
             value_serializer=value_serializer,
