@@ -23,11 +23,22 @@ def _app_cell(notebook: nbformat.NotebookNode) -> int:
     return index
 
 
+# The notebook uses kafka-python's default settings, whose 45 s session
+# timeout makes every group join take 22 s on Tansu: on a broker, for Kafka.
+@pytest.fixture(
+    params=["memory", pytest.param("kafka", marks=[pytest.mark.integration, pytest.mark.kafka_only])]
+)
+def notebook_broker(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    return "kafka://" + request.getfixturevalue("kafka_bootstrap")
+
+
 def test_the_notebook_runs_and_its_app_cell_runs_again(
-    broker_url: str, monkeypatch: pytest.MonkeyPatch
+    notebook_broker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The kernel inherits this environment (and imports this tree's code).
-    monkeypatch.setenv("REPLIES_BROKER", broker_url)
+    monkeypatch.setenv("REPLIES_BROKER", notebook_broker)
     monkeypatch.setenv("REPLIES_NOTEBOOK_APP_ID", f"nb{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     notebook = nbformat.read(NOTEBOOK, as_version=4)

@@ -20,7 +20,8 @@ import pytest
 import replies
 from tests.test_worker_processes import Workers, workers  # noqa: F401 (fixture)
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+# About Apache Kafka's own auto.create.topics.enable.
+pytestmark = [pytest.mark.integration, pytest.mark.kafka_only, pytest.mark.timeout(300)]
 
 #: How long traffic goes on after the 20 clients closed.
 TRAFFIC_SECONDS = 60.0
