@@ -11,7 +11,7 @@ import signal
 import subprocess
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Dict, Iterator
 
 import pytest
 
