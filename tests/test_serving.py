@@ -207,7 +207,7 @@ def test_codec_round_trip_is_what_agents_and_callers_share() -> None:
 
 def test_group_members_share_the_work_and_take_over(make_app: MakeApp) -> None:
     def serving_member() -> replies.App:
-        member = make_app("shared", topic_partitions=4)
+        member = make_app("shared", topic_partitions=4, replace_serving=False)
 
         @member.agent(concurrency=2)
         def whoami(value: Any) -> Any:
