@@ -27,6 +27,8 @@ class Agent(Topic):
         group_id: the consumer group of its workers, ``f"{app.id}-{name}"``.
         concurrency: how many requests one process handles at once.
         partitions: partitions of its topic when this library creates it.
+        dead_letter_topic: where records it could not serve are copied
+            (with headers naming the failure), or ``None`` (the default).
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class Agent(Topic):
         topic: Optional[str] = None,
         concurrency: int = 1,
         partitions: Optional[int] = None,
+        dead_letter_topic: Optional[str] = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, not {concurrency}")
@@ -49,6 +52,7 @@ class Agent(Topic):
         self.group_id = f"{app.id}-{self.name}"
         self.concurrency = concurrency
         self.partitions = partitions
+        self.dead_letter_topic = dead_letter_topic
         self.is_generator = inspect.isgeneratorfunction(function)
         self._pass_key = accepts_key(function)
         self.__doc__ = function.__doc__

@@ -151,6 +151,7 @@ class App:
         topic: Optional[str] = None,
         concurrency: int = 1,
         partitions: Optional[int] = None,
+        dead_letter_topic: Optional[str] = None,
     ) -> Callable[[Callable[..., Any]], Agent]:
         """Register a function as an agent (a decorator).
 
@@ -159,6 +160,13 @@ class App:
             topic: its request topic (default ``f"{app.id}-{name}"``).
             concurrency: requests handled at once by this process.
             partitions: partitions of its topic if this App creates it.
+            dead_letter_topic: copy each record the agent could not serve
+                normally (undecodable, the handler raised, the reply could
+                not be encoded or delivered) to this topic, with headers
+                naming the failure and the record's origin
+                (``Replies-Dead-Letter-Error``, ``-Message``, ``-Topic``,
+                ``-Partition``, ``-Offset``). Created by :meth:`serve` if
+                missing. Off by default.
 
         Raises:
             ValueError: the name is taken, or a bad number.
@@ -172,6 +180,7 @@ class App:
                 topic=topic,
                 concurrency=concurrency,
                 partitions=partitions,
+                dead_letter_topic=dead_letter_topic,
             )
             if agent.name in self.agents:
                 raise ValueError(f"agent {agent.name!r} is already registered")

@@ -124,10 +124,22 @@ class MemoryBroker:
 
         Raises:
             NoRespondersError: the topic does not exist (and not ``create``).
+            TransportError: the record is larger than the topic's
+                ``max.message.bytes`` config (``cause="too_large"``).
         """
         with self.changed:
             if not create and topic not in self.topics:
                 raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
+            limit = self.configs.get(topic, {}).get("max.message.bytes")
+            if limit is not None:
+                size = _size(message)
+                if size > int(limit):
+                    raise TransportError(
+                        f"the broker refused a record of {size} bytes to topic {topic} "
+                        f"as too large (topic max.message.bytes: {limit} bytes)",
+                        topic=topic,
+                        cause="too_large",
+                    )
             partitions = self._partitions_locked(topic)
             if message.key is None:
                 index = next(self._round_robin) % len(partitions)
@@ -161,6 +173,12 @@ class MemoryBroker:
         index = group.members.index(member)
         count = len(self._partitions_locked(topic))
         return {p for p in range(count) if p % len(group.members) == index}
+
+
+def _size(message: Message) -> int:
+    """A record's key, value and header bytes."""
+    headers = sum(len(k.encode()) + len(v or b"") for k, v in message.headers)
+    return len(message.key or b"") + len(message.value or b"") + headers
 
 
 class _MemoryReplyReader(Reader):
@@ -290,6 +308,9 @@ class MemoryTransport(Transport):
     Records are acknowledged as soon as they are appended. A record to a
     topic that does not exist is refused with :class:`NoRespondersError`,
     unless ``auto_create_topics`` (then the topic is made, one partition).
+    A record larger than its topic's ``max.message.bytes`` config (if one
+    was given to :meth:`create_topic`) is refused as a broker would: its
+    acknowledgement fails with :class:`TransportError` (``cause="too_large"``).
     """
 
     def __init__(self, name: str = "", *, auto_create_topics: bool = False) -> None:
@@ -302,8 +323,14 @@ class MemoryTransport(Transport):
     ) -> Future[None]:
         if self._closed:
             raise TransportError("transport is closed", topic=topic, cause="closed")
-        self.broker.append(topic, message, create=self._auto_create)
         done: Future[None] = Future()
+        try:
+            self.broker.append(topic, message, create=self._auto_create)
+        except NoRespondersError:
+            raise
+        except TransportError as exc:  # refused by the broker, as Kafka's ack would
+            done.set_exception(exc)
+            return done
         done.set_result(None)
         return done
 
