@@ -2,19 +2,26 @@
 
 Theory of operation
 -------------------
-The poll thread ``replies-agent-<name>-N`` owns the group reader. Records
-it polls go to a backlog; it hands them to the handler pool only while
-fewer than the in-flight window are out, and pauses the reader while the
-backlog is not empty, so it keeps polling (and stays in the group) however
-slow the handlers are, and memory stays bounded by one poll's records.
+The poll thread ``replies-agent-<name>-N`` owns the group reader. Each
+record it polls is counted into the in-flight window (records and bytes,
+``max_in_flight`` / ``max_in_flight_bytes`` of the agent) and put on the
+work queue, from which ``concurrency`` handler threads take records
+directly: no round trip through the poll thread between two records. A
+record leaves the window once its replies are settled. While the window is
+full the poll thread waits for the next record to finish (woken by it, no
+fixed sleep) and polls, paused, every ``SATURATED_POLL_EVERY`` seconds to
+stay in the group; so memory stays bounded by the window plus one poll's
+records however slow the handlers are.
 
 A handler thread serves one record (a :class:`_Job`): it decodes the
 request, runs the user's function and sends the reply (or an error reply)
 without waiting for the broker. The job holds one count per send not yet
 settled; the last acknowledgement (or failure) reports the record done to
-the poll thread, which commits, per partition, the offset after the longest
-run of done records from the start: at least once, a crash replays and
-never skips, and no offset is committed before its reply is settled.
+the poll thread, which notes, per partition, the offset after the longest
+run of done records from the start, and commits that progress at most
+every ``COMMIT_INTERVAL`` seconds and always on stop or rejoin: at least
+once, a crash replays and never skips, and no offset is committed before
+its reply is settled.
 
 No record can stop the agent. Every failure while serving one record
 (decode, handler, encode of the reply, a reply refused by the broker, a
@@ -24,7 +31,8 @@ the record is done and its offset committed, so a poison record is handled
 once, never in a loop. With a dead-letter topic set, each such record is
 copied there with headers naming the failure. Failures reported on a
 transport thread (an acknowledgement that failed) are handled by a
-follow-up on the handler pool, never on that thread.
+follow-up on a handler thread (through the work queue), never on that
+thread.
 
 Polling errors (the broker unreachable, a reader kafka-python gave up on)
 never kill the poll thread: it retries with backoff, logs, and after a few
@@ -34,22 +42,23 @@ committed are then read again by whichever member gets their partitions.
 When partitions are revoked, the transport tells us on whatever thread it
 rebalances on (kafka-python's IO thread, where blocking calls are
 forbidden), so the callback only queues them. The poll thread then drops
-their backlog and bookkeeping before it takes more records: the new owner
-reads everything uncommitted from the committed offset. Records still in
-flight are answered but not committed, so a rebalance can answer a request
-twice; callers ignore the duplicate. We commit after every batch of
-finished records to keep that window small. While a rebalance is under
-way the poll thread only polls, with a long timeout: kafka-python completes
-a group join inside ``poll()``, and can lose one whose last response
-arrives between two polls; a rebalance that still has not finished after
+their bookkeeping and their generation before it takes more records;
+handler threads skip queued records of an old generation, and the new
+owner reads everything uncommitted from the committed offset. Records
+being served are answered but not committed, so a rebalance can answer a
+request twice; callers ignore the duplicate. While a rebalance is under
+way the poll thread only polls, with a long timeout, and holds the records
+it gets until the assignment is settled: kafka-python completes a group
+join inside ``poll()``, and can lose one whose last response arrives
+between two polls; a rebalance that still has not finished after
 ``REBALANCE_STUCK`` seconds is abandoned by rejoining with a new consumer.
-Stopping handles the backlog, waits for the records in flight, commits,
-then leaves the group.
+Stopping lets the handlers finish the records they started (the ones
+still queued are left uncommitted, for the next owner), waits for their
+replies to settle, commits, then leaves the group.
 """
 
 from __future__ import annotations
 
-import collections
 import inspect
 import itertools
 import logging
@@ -59,18 +68,18 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
     Collection,
-    Deque,
     Dict,
     List,
     Optional,
     Set,
     Tuple,
+    Union,
 )
 
 from replies.core.codec import HEADER_CORRELATION_ID, HEADER_REPLY_TO, Message, Request
@@ -86,9 +95,13 @@ __all__ = ["AgentWorker", "COUNTERS"]
 _worker_ids = itertools.count(1)
 
 POLL_INTERVAL = 0.1
-# How long a saturated worker's poll may block: short, to refill handlers
-# quickly, but not zero, which would never let a group join progress.
-SATURATED_POLL = 0.01
+# How often a saturated worker polls (paused) to stay in the group; between
+# polls it waits for records to finish, woken by the first.
+SATURATED_POLL_EVERY = 0.2
+# Most records one poll returns.
+MAX_POLL_RECORDS = 500
+#: Progress is committed at most this often (and always on stop).
+COMMIT_INTERVAL = 0.1
 # Polls during a rebalance: long, so the join completes inside one.
 REBALANCE_POLL = 1.0
 # A rebalance unfinished after this long is taken as stuck: rejoin.
@@ -130,11 +143,11 @@ class AgentWorker:
 
     Threading model: :meth:`start` starts the poll thread, which alone uses
     the group reader, the per-partition bookkeeping and the counters;
-    ``concurrency`` handler threads (``replies-handler-<name>-N``) run the
-    user's function and send replies through the App's thread-safe
-    transport; each record's outcome reaches the poll thread on the
-    ``_done`` queue once its sends are settled. :meth:`stop` may be called
-    from any thread.
+    ``concurrency`` handler threads (``replies-handler-<name>-N``) take
+    records from the ``_work`` queue, run the user's function and send
+    replies through the App's thread-safe transport; each record's outcome
+    reaches the poll thread on the ``_done`` queue once its sends are
+    settled. :meth:`stop` may be called from any thread.
 
     Args:
         app: the App whose transport and codec to use.
@@ -167,22 +180,41 @@ class AgentWorker:
         self.reply_failures = 0
         self.dead_lettered = 0
         self._stopping = threading.Event()
-        # (topic, partition, offset, counters to bump) of each finished record.
-        self._done: queue.Queue[Tuple[str, int, int, Tuple[str, ...]]] = queue.Queue()
-        self._pool = ThreadPoolExecutor(
-            max_workers=agent.concurrency,
-            thread_name_prefix=f"replies-handler-{agent.name}",
-        )
-        # Poll-thread state: offsets in flight or in the backlog, per
-        # partition, in order, with whether each is done.
-        self._outstanding: Dict[TopicPartition, OrderedDict[int, bool]] = {}
-        self._backlog: Deque[Record] = collections.deque()
+        # (partition, offset, generation, counters to bump) of each record
+        # whose sends are settled; from handler and transport threads.
+        self._done: "queue.SimpleQueue[_Done]" = queue.SimpleQueue()
+        # Records (with their partition's generation) and follow-ups for
+        # the handler threads; None tells one handler thread to stop.
+        self._work: "queue.SimpleQueue[Optional[_Work]]" = queue.SimpleQueue()
+        self._handlers = [
+            threading.Thread(
+                target=self._run_handler,
+                name=f"replies-handler-{agent.name}-{n}",
+                daemon=True,
+            )
+            for n in range(agent.concurrency)
+        ]
+        # Poll-thread state. Per partition: the offsets taken and not yet
+        # committable, in order, each with its size while pending (-1 once
+        # done); the generation of its current assignment (handler threads
+        # read it to drop records of a partition lost meanwhile); progress
+        # not yet committed.
+        self._outstanding: Dict[TopicPartition, OrderedDict[int, int]] = {}
+        self._generations: Dict[TopicPartition, int] = {}
+        self._next_generation = itertools.count(1)
+        self._uncommitted: Dict[TopicPartition, int] = {}
+        self._last_commit = 0.0
+        # Records taken and not done, and their bytes: the in-flight window.
+        self._held = 0
+        self._held_bytes = 0
+        self._max_in_flight = agent.max_in_flight
+        self._max_in_flight_bytes = agent.max_in_flight_bytes
+        self._paused = False
+        self._last_poll = 0.0
+        # Records polled while a rebalance was under way, not yet taken.
+        self._parked: List[Record] = []
         # Partitions lost in a rebalance, from the transport's thread.
-        self._revoked: queue.Queue[List[TopicPartition]] = queue.Queue()
-        self._in_flight = 0
-        # Records handed to the pool and not yet acknowledged: handlers are
-        # free while the broker acknowledges, so allow a few per thread.
-        self._max_in_flight = 4 * agent.concurrency
+        self._revoked: "queue.SimpleQueue[List[TopicPartition]]" = queue.SimpleQueue()
         # When the rebalance under way was first seen (poll thread only).
         self._rebalance_started: Optional[float] = None
         # Reply topics already reported as failing. Written by handler and
@@ -209,6 +241,8 @@ class AgentWorker:
         if dead_letter is not None:
             self.app.transport.create_topic(dead_letter, partitions=self.app.topic_partitions)
         self._reader = self._open_reader()
+        for handler in self._handlers:
+            handler.start()
         self._thread.start()
 
     def _open_reader(self) -> GroupReader:
@@ -216,7 +250,7 @@ class AgentWorker:
             self.agent.topic_name,
             self.agent.group_id,
             on_revoke=self._on_revoke,
-            max_records=self._max_in_flight,
+            max_records=min(self._max_in_flight, MAX_POLL_RECORDS),
         )
 
     def stop(self, timeout: Optional[float] = None) -> None:
@@ -232,6 +266,11 @@ class AgentWorker:
     def alive(self) -> bool:
         """Whether the poll thread runs."""
         return self._thread.is_alive()
+
+    @property
+    def in_flight(self) -> int:
+        """Records taken from the broker and not yet done (approximate)."""
+        return self._held
 
     def counters(self) -> Dict[str, int]:
         """A snapshot of the counters (see the class attributes)."""
@@ -257,11 +296,25 @@ class AgentWorker:
             try:
                 self._close_reader()
             finally:
-                self._pool.shutdown(wait=True)
+                self._stop_handlers()
+
+    def _stop_handlers(self) -> None:
+        for _ in self._handlers:
+            self._work.put(None)
+        deadline = time.monotonic() + self.app.shutdown_timeout
+        for handler in self._handlers:
+            if handler.is_alive():
+                handler.join(max(0.0, deadline - time.monotonic()))
+
+    def _window_full(self) -> bool:
+        return bool(
+            self._held >= self._max_in_flight or self._held_bytes >= self._max_in_flight_bytes
+        )
 
     def _poll_once(self) -> None:
         if self._reader is None:
             self._reader = self._open_reader()
+            self._paused = False
         reader = self._reader
         if reader.rebalancing:
             # Wait inside poll(), where kafka-python completes a group
@@ -269,25 +322,36 @@ class AgentWorker:
             # be lost, leaving the member stuck.
             records = reader.poll(REBALANCE_POLL)
             self._forget_revoked()
-            self._take(records)
+            # Served once the assignment is settled (or dropped by a rejoin).
+            self._parked += records
             self._check_rebalance_progress()
             return
         self._rebalance_started = None
+        if self._parked:
+            parked, self._parked = self._parked, []
+            self._take(parked)
         self._collect_done()
-        self._dispatch_backlog()
-        if self._backlog:
-            # Saturated: keep polling (paused, so no records) to stay in
-            # the group, then wait for a handler to finish.
-            reader.pause()
-            records = reader.poll(SATURATED_POLL)
-            self._collect_done(block=POLL_INTERVAL)
+        if self._window_full():
+            # Saturated: wait for records to finish (woken by the first),
+            # polling now and then, paused, to stay in the group.
+            now = time.monotonic()
+            if now - self._last_poll < SATURATED_POLL_EVERY:
+                self._collect_done(block=SATURATED_POLL_EVERY - (now - self._last_poll))
+                return
+            reader.pause()  # each time: a rebalance may have added partitions
+            self._paused = True
+            records = reader.poll(0)
         else:
-            reader.resume()
+            if self._paused:
+                reader.resume()
+                self._paused = False
             records = reader.poll(POLL_INTERVAL)
+        self._last_poll = time.monotonic()
         # Revocations first: these records may come from the positions a
         # new assignment started at.
         self._forget_revoked()
         self._take(records)
+        self._maybe_commit()
 
     def _poll_failed(self, exc: Exception, failures: int) -> None:
         """Back off after a polling error; re-open the reader if it persists."""
@@ -304,7 +368,7 @@ class AgentWorker:
             self._drop_all()
             self._close_reader()
         self._stopping.wait(delay)
-        # Handlers may have finished meanwhile: keep their slots moving.
+        # Handlers may have finished meanwhile: keep the window moving.
         self._collect_done()
 
     def _close_reader(self) -> None:
@@ -318,6 +382,8 @@ class AgentWorker:
 
     def _drop_all(self) -> None:
         """Forget every partition: what is uncommitted is read again."""
+        self._commit_now()
+        self._parked = []
         self._revoked.put(list(self._outstanding))
         self._forget_revoked()
 
@@ -336,50 +402,78 @@ class AgentWorker:
             self._drop_all()
             self._close_reader()
             self._reader = self._open_reader()
+            self._paused = False
             self._rebalance_started = None
 
     def _take(self, records: List[Record]) -> None:
+        """Account for new records and hand them to the handler threads."""
+        put = self._work.put
         for record in records:
-            marks = self._outstanding.setdefault((record.topic, record.partition), OrderedDict())
-            marks[record.offset] = False
-            self._backlog.append(record)
-
-    def _dispatch_backlog(self) -> None:
-        while self._backlog and self._in_flight < self._max_in_flight:
-            record = self._backlog.popleft()
-            self._in_flight += 1
-            self._pool.submit(self._handle, record)
+            tp = (record.topic, record.partition)
+            marks = self._outstanding.get(tp)
+            if marks is None:
+                marks = self._outstanding[tp] = OrderedDict()
+                self._generations[tp] = next(self._next_generation)
+            size = len(record.value or b"") + len(record.key or b"")
+            marks[record.offset] = size
+            self._held += 1
+            self._held_bytes += size
+            put((record, self._generations[tp]))
 
     def _collect_done(self, block: float = 0.0) -> None:
-        """Take finished records off the done queue and commit progress."""
+        """Take finished records off the done queue; note commit progress.
+
+        Args:
+            block: wait this long for the first one (0: do not wait).
+        """
         try:
-            item = self._done.get(timeout=block) if block else self._done.get_nowait()
+            item = self._done.get(timeout=block) if block > 0 else self._done.get_nowait()
         except queue.Empty:
             return
-        progressed: Dict[TopicPartition, int] = {}
+        get = self._done.get_nowait
         while True:
-            topic, partition, offset, counts = item
-            self._in_flight -= 1
-            for name in counts:
-                setattr(self, name, getattr(self, name) + 1)
-            marks = self._outstanding.get((topic, partition))
-            if marks is not None and offset in marks:
-                marks[offset] = True
-                while marks:
-                    first = next(iter(marks))
-                    if not marks[first]:
-                        break
-                    del marks[first]
-                    progressed[(topic, partition)] = first + 1
+            tp, offset, generation, counts = item
+            if counts is not _DROPPED:
+                for name in counts:
+                    setattr(self, name, getattr(self, name) + 1)
+            marks = self._outstanding.get(tp)
+            # A record of a partition revoked meanwhile was forgotten then.
+            if marks is not None and self._generations.get(tp) == generation:
+                self._settle(marks, tp, offset, _NOT_SERVED if counts is _DROPPED else _SERVED)
             try:
-                item = self._done.get_nowait()
+                item = get()
             except queue.Empty:
                 break
-        if progressed:
-            self._commit(progressed)
 
-    def _commit(self, offsets: Dict[TopicPartition, int]) -> None:
-        if self._reader is None:
+    def _settle(
+        self, marks: "OrderedDict[int, int]", tp: TopicPartition, offset: int, state: int
+    ) -> None:
+        """Mark an offset served (or dropped); note committable progress."""
+        size = marks.get(offset, _SERVED)
+        if size < 0:
+            return  # settled already
+        marks[offset] = state
+        self._held -= 1
+        self._held_bytes -= size
+        committable = None
+        for first, mark in marks.items():
+            if mark != _SERVED:
+                break
+            committable = first
+        if committable is not None:
+            while marks.popitem(last=False)[0] != committable:
+                pass
+            self._uncommitted[tp] = committable + 1
+
+    def _maybe_commit(self) -> None:
+        """Commit progress if enough time passed since the last commit."""
+        if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_INTERVAL:
+            self._commit_now()
+
+    def _commit_now(self) -> None:
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._last_commit = time.monotonic()
+        if not offsets or self._reader is None:
             return
         try:
             self._reader.commit(offsets)
@@ -390,41 +484,72 @@ class AgentWorker:
             self.logger.warning("commit failed, records may be served again: %r", exc)
 
     def _finish(self) -> None:
-        """Handle the backlog, wait for what is in flight, and commit."""
+        """Wait for the records taken to be done, and commit."""
         deadline = time.monotonic() + self.app.shutdown_timeout
-        while self._in_flight or self._backlog:
-            if time.monotonic() > deadline:
-                self.logger.warning(
-                    "agent %s stopped with %d requests unfinished; they will be served again",
-                    self.agent.name,
-                    self._in_flight + len(self._backlog),
-                )
-                return
-            self._dispatch_backlog()
-            self._collect_done(block=POLL_INTERVAL)
+        try:
+            while self._held:
+                if time.monotonic() > deadline:
+                    self.logger.warning(
+                        "agent %s stopped with %d requests unfinished; they will be served again",
+                        self.agent.name,
+                        self._held,
+                    )
+                    return
+                self._collect_done(block=POLL_INTERVAL)
+        finally:
+            self._commit_now()
 
     def _on_revoke(self, partitions: Collection[TopicPartition]) -> None:
         # Any thread: hand the news to the poll thread.
         self._revoked.put(list(partitions))
 
     def _forget_revoked(self) -> None:
-        """Drop the backlog and bookkeeping of revoked partitions."""
+        """Drop the bookkeeping of revoked partitions.
+
+        Their records still queued are dropped by the handler threads (the
+        partition's generation changed); those being served finish, but are
+        not committed.
+        """
         while True:
             try:
                 revoked = set(self._revoked.get_nowait())
             except queue.Empty:
                 return
             self.logger.debug("partitions revoked: %s", sorted(revoked))
+            self._parked = [r for r in self._parked if (r.topic, r.partition) not in revoked]
             for tp in revoked:
-                self._outstanding.pop(tp, None)
-            self._backlog = collections.deque(
-                r for r in self._backlog if (r.topic, r.partition) not in revoked
-            )
+                marks = self._outstanding.pop(tp, None)
+                self._generations.pop(tp, None)
+                self._uncommitted.pop(tp, None)
+                for size in (marks or {}).values():
+                    if size >= 0:
+                        self._held -= 1
+                        self._held_bytes -= size
 
     # -- handler threads ----------------------------------------------------
 
-    def _handle(self, record: Record) -> None:
-        job = _Job(self, record)
+    def _run_handler(self) -> None:
+        work = self._work
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            if callable(item):
+                item()  # a follow-up; it reports its own errors
+                continue
+            record, generation = item
+            tp = (record.topic, record.partition)
+            if self._generations.get(tp) != generation:
+                continue  # the partition was lost meanwhile: its new owner serves it
+            if self._stopping.is_set():
+                # Not started: left uncommitted, for the next owner to serve,
+                # so that stopping waits only for the records being handled.
+                self._done.put((tp, record.offset, generation, _DROPPED))
+                continue
+            self._handle(record, generation)
+
+    def _handle(self, record: Record, generation: int) -> None:
+        job = _Job(self, record, generation)
         try:
             self._serve(job)
         except BaseException as exc:
@@ -599,7 +724,7 @@ class AgentWorker:
     def _follow_up(
         self, job: _Job, action: Callable[[BaseException], None], error: BaseException
     ) -> None:
-        """Run ``action(error)`` on the handler pool, holding ``job`` meanwhile."""
+        """Run ``action(error)`` on a handler thread, holding ``job`` meanwhile."""
         job.hold()
 
         def run() -> None:
@@ -610,10 +735,7 @@ class AgentWorker:
             finally:
                 job.release()
 
-        try:
-            self._pool.submit(run)
-        except RuntimeError:  # the pool shut down: stopping gave up waiting
-            job.release()
+        self._work.put(run)
 
     def _reply_failed(
         self, job: _Job, request: Request, message: Message, exc: BaseException, *, retry: bool
@@ -693,10 +815,11 @@ class _Job:
     done to the poll thread. ``_lock`` guards ``_holds`` and ``_counts``.
     """
 
-    __slots__ = ("record", "dead_lettered", "_worker", "_lock", "_holds", "_counts")
+    __slots__ = ("record", "dead_lettered", "_generation", "_worker", "_lock", "_holds", "_counts")
 
-    def __init__(self, worker: AgentWorker, record: Record) -> None:
+    def __init__(self, worker: AgentWorker, record: Record, generation: int) -> None:
         self.record = record
+        self._generation = generation
         #: Set by the first dead-lettering (handler and follow-up threads,
         #: one at a time: a follow-up starts after the handler sent).
         self.dead_lettered = False
@@ -721,7 +844,23 @@ class _Job:
             counts = tuple(self._counts)
         if last:
             record = self.record
-            self._worker._done.put((record.topic, record.partition, record.offset, counts))
+            self._worker._done.put(
+                ((record.topic, record.partition), record.offset, self._generation, counts)
+            )
+
+
+# The state of an offset in `_outstanding`, besides its size (>= 0) while
+# it is pending: served (its sends settled), or dropped unserved on stop.
+_SERVED = -1
+_NOT_SERVED = -2
+# The counters of a record dropped unserved.
+_DROPPED: Tuple[str, ...] = ("dropped",)
+
+#: A finished record: its partition, offset, generation and counters.
+_Done = Tuple[TopicPartition, int, int, Tuple[str, ...]]
+#: Work for a handler thread: a record and its partition's generation, or
+#: a follow-up to run.
+_Work = Union[Tuple[Record, int], Callable[[], None]]
 
 
 def _check_address(request: Request) -> None:

@@ -5,9 +5,10 @@ same URL share one :class:`MemoryBroker`, so a client and an agent in one
 Python process (a notebook, a demo, a unit test) talk to each other exactly
 as over Kafka, with no broker to run.
 
-Theory of operation: one broker lock guards all topics and groups; one
-condition on it, ``changed``, is notified when a record is appended or a
-group's membership changes, and readers wait on it against a deadline.
+Theory of operation: one broker lock guards all topics and groups; each
+topic has a condition on that lock, notified when a record is appended to
+the topic or the membership of a group changes, and readers of the topic
+wait on it against a deadline (an append wakes only that topic's readers).
 Group assignment is recomputed on every join and leave (a new generation);
 a member sees the new generation on its next poll, calls its revoke
 callback (outside the lock) for partitions it lost, and starts the ones it
@@ -38,6 +39,13 @@ from replies.transport.base import (
 )
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
+
+
+#: The acknowledgement of every record appended: one completed future,
+#: shared (a done future only answers questions), which saves making one
+#: per record.
+_ACKED: Future[None] = Future()
+_ACKED.set_result(None)
 
 
 class _Log:
@@ -86,15 +94,27 @@ class MemoryBroker:
     _registry_lock = threading.Lock()
 
     def __init__(self) -> None:
-        # Guards topics and groups; `changed` signals a new record or a
+        # Guards topics, groups and `_conditions`; each condition (one per
+        # topic, on this lock) signals a new record in its topic or a
         # change of group membership.
         self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
+        self._conditions: Dict[str, threading.Condition] = {}
         self.topics: Dict[str, List[_Log]] = {}
         self.configs: Dict[str, Dict[str, str]] = {}
         self.groups: Dict[str, _Group] = {}
         self._member_ids = itertools.count(1)
         self._round_robin = itertools.count()
+
+    def changed_locked(self, topic: str) -> threading.Condition:
+        """The condition readers of ``topic`` wait on (on :attr:`lock`)."""
+        condition = self._conditions.get(topic)
+        if condition is None:
+            condition = self._conditions[topic] = threading.Condition(self.lock)
+        return condition
+
+    def _notify_all_locked(self) -> None:
+        for condition in self._conditions.values():
+            condition.notify_all()
 
     #: Records kept per partition (see :class:`_Log`).
     retention = 10_000
@@ -127,7 +147,7 @@ class MemoryBroker:
             TransportError: the record is larger than the topic's
                 ``max.message.bytes`` config (``cause="too_large"``).
         """
-        with self.changed:
+        with self.lock:
             if not create and topic not in self.topics:
                 raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
             limit = self.configs.get(topic, {}).get("max.message.bytes")
@@ -149,23 +169,25 @@ class MemoryBroker:
             log.append(
                 Record(topic, index, log.end, message.key, message.value, list(message.headers))
             )
-            self.changed.notify_all()
+            condition = self._conditions.get(topic)
+            if condition is not None:
+                condition.notify_all()
 
     def join(self, group_id: str) -> int:
-        with self.changed:
+        with self.lock:
             group = self.groups.setdefault(group_id, _Group())
             member = next(self._member_ids)
             group.members.append(member)
             group.generation += 1
-            self.changed.notify_all()
+            self._notify_all_locked()
             return member
 
     def leave(self, group_id: str, member: int) -> None:
-        with self.changed:
+        with self.lock:
             group = self.groups[group_id]
             group.members.remove(member)
             group.generation += 1
-            self.changed.notify_all()
+            self._notify_all_locked()
 
     def assignment_locked(self, group_id: str, member: int, topic: str) -> Set[int]:
         """Partitions of ``topic`` for ``member``: spread round-robin."""
@@ -191,13 +213,16 @@ class _MemoryReplyReader(Reader):
 
     def poll(self, timeout: float) -> List[Record]:
         deadline = time.monotonic() + timeout
-        with self._broker.changed:
+        with self._broker.lock:
+            changed = self._broker.changed_locked(self._topic)
             while True:
                 records = self._take_locked()
-                remaining = deadline - time.monotonic()
-                if records or remaining <= 0:
+                if records:
                     return records
-                self._broker.changed.wait(remaining)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return records
+                changed.wait(remaining)
 
     def _take_locked(self) -> List[Record]:
         partitions = self._broker._partitions_locked(self._topic)
@@ -262,14 +287,16 @@ class _MemoryGroupReader(GroupReader):
         deadline = time.monotonic() + timeout
         while True:
             self._rebalance()
-            with self._broker.changed:
+            with self._broker.lock:
                 group = self._broker.groups[self._group_id]
                 if group.generation == self._generation:
                     records = [] if self._paused else self._take_locked()
-                    remaining = deadline - time.monotonic()
-                    if records or remaining <= 0:
+                    if records:
                         return records
-                    self._broker.changed.wait(remaining)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return records
+                    self._broker.changed_locked(self._topic).wait(remaining)
 
     def _take_locked(self) -> List[Record]:
         partitions = self._broker._partitions_locked(self._topic)
@@ -323,16 +350,15 @@ class MemoryTransport(Transport):
     ) -> Future[None]:
         if self._closed:
             raise TransportError("transport is closed", topic=topic, cause="closed")
-        done: Future[None] = Future()
         try:
             self.broker.append(topic, message, create=self._auto_create)
         except NoRespondersError:
             raise
         except TransportError as exc:  # refused by the broker, as Kafka's ack would
-            done.set_exception(exc)
-            return done
-        done.set_result(None)
-        return done
+            refused: Future[None] = Future()
+            refused.set_exception(exc)
+            return refused
+        return _ACKED
 
     def flush(self, timeout: Optional[float] = None) -> None:
         pass
@@ -342,12 +368,12 @@ class MemoryTransport(Transport):
     ) -> bool:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, not {partitions}")
-        with self.broker.changed:
+        with self.broker.lock:
             if name in self.broker.topics:
                 return False
             self.broker.topics[name] = [self.broker.new_log() for _ in range(partitions)]
             self.broker.configs[name] = dict(config or {})
-            self.broker.changed.notify_all()
+            self.broker.changed_locked(name).notify_all()
             return True
 
     def delete_topic(self, name: str, *, timeout: Optional[float] = None) -> None:
