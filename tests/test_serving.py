@@ -314,3 +314,33 @@ def test_a_rebalance_that_never_finishes_makes_the_member_rejoin(
         assert "rebalance unfinished" in caplog.text
     finally:
         app.close()
+
+
+def test_the_in_flight_window_is_also_bounded_in_bytes(make_app: MakeApp) -> None:
+    app = make_app(topic_partitions=1)
+
+    @app.agent(max_in_flight=10, max_in_flight_bytes=3000)
+    def slow(value: Any) -> Any:
+        time.sleep(0.02)
+        return len(value)
+
+    app.start().serve()
+    worker = app._workers[0]
+    promises = [slow.ask_nowait("x" * 1000, timeout=60) for _ in range(30)]
+    held = 0
+    while not all(p.done() for p in promises):
+        held = max(held, worker.in_flight)
+        time.sleep(0.002)
+    assert [p.result() for p in promises] == [1000] * 30
+    # Three 1 KB requests fill the window; one poll may add what it
+    # returns (at most max_in_flight records).
+    assert held <= 3 + 10
+    _wait_for(lambda: worker.in_flight == 0 and worker._held_bytes == 0)
+
+
+def test_in_flight_settings_are_checked(make_app: MakeApp) -> None:
+    app = make_app()
+    with pytest.raises(ValueError, match="max_in_flight"):
+        app.agent(max_in_flight=0)(lambda value: value)
+    with pytest.raises(ValueError, match="max_in_flight_bytes"):
+        app.agent(max_in_flight_bytes=0)(lambda value: value)
