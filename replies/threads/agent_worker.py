@@ -117,6 +117,8 @@ REOPEN_AFTER = 3
 # Reply topics remembered as failing (each is logged once); the memory is
 # cleared when full, so a flood of distinct bad names stays bounded.
 _FAILING_TOPICS_MAX = 1000
+# Longest traceback sent in an error reply (its last characters).
+_TRACEBACK_MAX = 16_000
 # Kafka's rule for topic names.
 _LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}\Z")
 
@@ -665,6 +667,8 @@ class AgentWorker:
         trace = None
         if self.app.reply_tracebacks:
             trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            if len(trace) > _TRACEBACK_MAX:  # the error reply must stay small
+                trace = "...\n" + trace[-_TRACEBACK_MAX:]
         remote = RemoteError(type(error).__name__, _brief(error, 2000), remote_traceback=trace)
         assert request.correlation_id is not None
         try:
@@ -694,11 +698,14 @@ class AgentWorker:
         topic: str,
         message: Message,
         on_failure: Callable[[BaseException], None],
+        *,
+        counter: Optional[str] = None,
     ) -> bool:
         """Produce one record for ``job``; whether it was queued.
 
         ``on_failure`` runs on this thread if the record cannot be queued,
-        else (if the broker fails it) as a follow-up on the handler pool.
+        else (if the broker fails it) as a follow-up on a handler thread.
+        ``counter`` is counted once the broker acknowledged the record.
         """
         try:
             if not _LEGAL_TOPIC.match(topic):
@@ -715,6 +722,8 @@ class AgentWorker:
                 error = done.exception()
                 if error is not None:
                     self._follow_up(job, on_failure, error)
+                elif counter is not None:
+                    job.note(counter)
             finally:
                 job.release()
 
@@ -802,8 +811,9 @@ class AgentWorker:
         def failed(exc: BaseException) -> None:
             self._log_failing_topic(topic, exc)
 
-        if self._send(job, topic, Message(record.key, record.value, headers), failed):
-            job.note("dead_lettered")
+        self._send(
+            job, topic, Message(record.key, record.value, headers), failed, counter="dead_lettered"
+        )
 
 
 class _Job:
