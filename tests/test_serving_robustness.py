@@ -222,30 +222,35 @@ def test_a_reply_too_large_for_its_topic_gets_a_small_error_reply(make_app: Make
     assert worker.error_replies == 1 and worker.reply_failures == 0
 
 
-def test_a_reply_to_a_deleted_topic_is_dropped_without_stopping(make_app: MakeApp) -> None:
+def test_a_reply_to_a_deleted_topic_is_dropped_without_stopping(
+    make_app: MakeApp, caplog: pytest.LogCaptureFixture
+) -> None:
     server = make_app("srv", topic_partitions=1)
-    entered, release = threading.Event(), threading.Event()
+    entered, release = threading.Semaphore(0), threading.Event()
 
     @server.agent(concurrency=2)
     def gated(value: Any) -> Any:
-        if value == "held":
-            entered.set()
+        if str(value).startswith("held"):
+            entered.release()
             release.wait(30)
         return value
 
     server.serve()
     leaving = make_app("leaving").start()
-    leaving.topic(gated.topic_name).ask_nowait("held", timeout=30)
-    assert entered.wait(20)
-    leaving.close()  # deletes its reply topic while the request is served
+    for name in ("held-1", "held-2"):
+        leaving.topic(gated.topic_name).ask_nowait(name, timeout=30)
+    assert entered.acquire(timeout=20) and entered.acquire(timeout=20)
+    leaving.close()  # deletes its reply topic while its requests are served
     staying = make_app("staying").start()
     asker = staying.topic(gated.topic_name)
     release.set()
     assert asker.join(range(10)) == list(range(10))
     worker = _worker(server)
-    _wait_for(lambda: committed(server, gated.group_id).get(0) == 11)
-    assert worker.alive and worker.reply_failures == 1
+    _wait_for(lambda: committed(server, gated.group_id).get(0) == 12)
+    assert worker.alive and worker.reply_failures == 2
     assert not server.transport.topic_exists(leaving.reply_to)  # never re-created
+    gone = [r for r in caplog.records if leaving.reply_to in r.getMessage() and r.levelname == "WARNING"]
+    assert len(gone) == 1, "a gone reply topic is logged once, not per record"
 
 
 def test_failing_records_go_to_the_dead_letter_topic(make_app: MakeApp) -> None:
