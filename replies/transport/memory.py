@@ -5,10 +5,13 @@ same URL share one :class:`MemoryBroker`, so a client and an agent in one
 Python process (a notebook, a demo, a unit test) talk to each other exactly
 as over Kafka, with no broker to run.
 
-Theory of operation: one broker lock guards all topics and groups; each
-topic has a condition on that lock, notified when a record is appended to
-the topic or the membership of a group changes, and readers of the topic
-wait on it against a deadline (an append wakes only that topic's readers).
+Theory of operation: one broker lock guards all topics and groups. A
+reader that finds nothing to read registers its waker (a :class:`_Waker`)
+under the topic it reads, under the lock, and waits on it outside the lock
+against a deadline; an append wakes the readers of its topic only, after
+releasing the lock (so a woken reader never finds the lock still held by
+the thread that woke it), and a change of group membership wakes every
+reader.
 Group assignment is recomputed on every join and leave (a new generation);
 a member sees the new generation on its next poll, calls its revoke
 callback (outside the lock) for partitions it lost, and starts the ones it
@@ -46,6 +49,33 @@ __all__ = ["MemoryBroker", "MemoryTransport"]
 #: per record.
 _ACKED: Future[None] = Future()
 _ACKED.set_result(None)
+
+
+class _Waker:
+    """Wakes one waiting reader: a lock used as a binary semaphore.
+
+    Held while no wake-up is pending; :meth:`wake` releases it (at most one
+    wake-up is kept), :meth:`wait` takes it. A wake-up that comes while
+    the reader is not waiting makes its next wait return at once, and the
+    reader looks again: harmless.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        # Held: no wake-up pending.
+        self._pending = threading.Lock()
+        self._pending.acquire()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until woken, at most ``timeout`` s; whether woken."""
+        return self._pending.acquire(timeout=timeout)
+
+    def wake(self) -> None:
+        try:
+            self._pending.release()
+        except RuntimeError:
+            pass  # a wake-up is pending already
 
 
 class _Log:
@@ -94,27 +124,32 @@ class MemoryBroker:
     _registry_lock = threading.Lock()
 
     def __init__(self) -> None:
-        # Guards topics, groups and `_conditions`; each condition (one per
-        # topic, on this lock) signals a new record in its topic or a
-        # change of group membership.
+        # Guards topics, groups and `_waiting` (the wakers of the readers
+        # waiting for each topic).
         self.lock = threading.Lock()
-        self._conditions: Dict[str, threading.Condition] = {}
+        self._waiting: Dict[str, Set["_Waker"]] = {}
         self.topics: Dict[str, List[_Log]] = {}
         self.configs: Dict[str, Dict[str, str]] = {}
         self.groups: Dict[str, _Group] = {}
         self._member_ids = itertools.count(1)
         self._round_robin = itertools.count()
 
-    def changed_locked(self, topic: str) -> threading.Condition:
-        """The condition readers of ``topic`` wait on (on :attr:`lock`)."""
-        condition = self._conditions.get(topic)
-        if condition is None:
-            condition = self._conditions[topic] = threading.Condition(self.lock)
-        return condition
+    def wait_locked(self, topic: str, waker: "_Waker") -> None:
+        """Register ``waker`` to be woken by the next change to ``topic``."""
+        self._waiting.setdefault(topic, set()).add(waker)
 
-    def _notify_all_locked(self) -> None:
-        for condition in self._conditions.values():
-            condition.notify_all()
+    def unwait_locked(self, topic: str, waker: "_Waker") -> None:
+        waiting = self._waiting.get(topic)
+        if waiting is not None:
+            waiting.discard(waker)
+
+    def _take_wakers_locked(self, topic: Optional[str] = None) -> List["_Waker"]:
+        """Unregister and return the wakers of ``topic`` (of all: None)."""
+        if topic is not None:
+            return list(self._waiting.pop(topic, ()))
+        wakers = [w for waiting in self._waiting.values() for w in waiting]
+        self._waiting.clear()
+        return wakers
 
     #: Records kept per partition (see :class:`_Log`).
     retention = 10_000
@@ -169,9 +204,9 @@ class MemoryBroker:
             log.append(
                 Record(topic, index, log.end, message.key, message.value, list(message.headers))
             )
-            condition = self._conditions.get(topic)
-            if condition is not None:
-                condition.notify_all()
+            wakers = self._take_wakers_locked(topic) if topic in self._waiting else ()
+        for waker in wakers:
+            waker.wake()
 
     def join(self, group_id: str) -> int:
         with self.lock:
@@ -179,15 +214,19 @@ class MemoryBroker:
             member = next(self._member_ids)
             group.members.append(member)
             group.generation += 1
-            self._notify_all_locked()
-            return member
+            wakers = self._take_wakers_locked()
+        for waker in wakers:
+            waker.wake()
+        return member
 
     def leave(self, group_id: str, member: int) -> None:
         with self.lock:
             group = self.groups[group_id]
             group.members.remove(member)
             group.generation += 1
-            self._notify_all_locked()
+            wakers = self._take_wakers_locked()
+        for waker in wakers:
+            waker.wake()
 
     def assignment_locked(self, group_id: str, member: int, topic: str) -> Set[int]:
         """Partitions of ``topic`` for ``member``: spread round-robin."""
@@ -207,22 +246,24 @@ class _MemoryReplyReader(Reader):
     def __init__(self, broker: MemoryBroker, topic: str) -> None:
         self._broker = broker
         self._topic = topic
+        self._waker = _Waker()
         with broker.lock:
             partitions = broker._partitions_locked(topic)
             self._positions = [log.end for log in partitions]
 
     def poll(self, timeout: float) -> List[Record]:
         deadline = time.monotonic() + timeout
-        with self._broker.lock:
-            changed = self._broker.changed_locked(self._topic)
-            while True:
+        broker = self._broker
+        while True:
+            with broker.lock:
                 records = self._take_locked()
-                if records:
-                    return records
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if records or remaining <= 0:
                     return records
-                changed.wait(remaining)
+                broker.wait_locked(self._topic, self._waker)
+            if not self._waker.wait(remaining):
+                with broker.lock:
+                    broker.unwait_locked(self._topic, self._waker)
 
     def _take_locked(self) -> List[Record]:
         partitions = self._broker._partitions_locked(self._topic)
@@ -254,6 +295,7 @@ class _MemoryGroupReader(GroupReader):
         self._generation = -1
         self._positions: Dict[int, int] = {}
         self._paused = False
+        self._waker = _Waker()
         self._member: Optional[int] = broker.join(group_id)
         with broker.lock:
             broker.groups[group_id].topics.add(topic)
@@ -285,18 +327,21 @@ class _MemoryGroupReader(GroupReader):
         if self._member is None:
             raise TransportError("poll() on a closed group reader")
         deadline = time.monotonic() + timeout
+        broker = self._broker
         while True:
             self._rebalance()
-            with self._broker.lock:
-                group = self._broker.groups[self._group_id]
-                if group.generation == self._generation:
-                    records = [] if self._paused else self._take_locked()
-                    if records:
-                        return records
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return records
-                    self._broker.changed_locked(self._topic).wait(remaining)
+            with broker.lock:
+                group = broker.groups[self._group_id]
+                if group.generation != self._generation:
+                    continue  # changed since: catch up first
+                records = [] if self._paused else self._take_locked()
+                remaining = deadline - time.monotonic()
+                if records or remaining <= 0:
+                    return records
+                broker.wait_locked(self._topic, self._waker)
+            if not self._waker.wait(remaining):
+                with broker.lock:
+                    broker.unwait_locked(self._topic, self._waker)
 
     def _take_locked(self) -> List[Record]:
         partitions = self._broker._partitions_locked(self._topic)
@@ -373,8 +418,10 @@ class MemoryTransport(Transport):
                 return False
             self.broker.topics[name] = [self.broker.new_log() for _ in range(partitions)]
             self.broker.configs[name] = dict(config or {})
-            self.broker.changed_locked(name).notify_all()
-            return True
+            wakers = self.broker._take_wakers_locked(name)
+        for waker in wakers:
+            waker.wake()
+        return True
 
     def delete_topic(self, name: str, *, timeout: Optional[float] = None) -> None:
         with self.broker.lock:
