@@ -119,6 +119,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return status or 1
     rows = list(run.rows.values())
     meta = run.meta
+    if status:
+        meta["interrupted"] = True
     m = meta["machine"]
     print()
     print(f"{meta['broker']}; {meta['size']} run" + (
@@ -127,6 +129,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"kafka-python {meta['kafka_python']}; load average at start {m['load'][0]:.2f}")
     print("ratios: replies on Kafka divided by the other column; 'better'/'worse' follows each row's "
           "direction (lower is better for ms, s and MiB; higher for /s)")
+    if status:
+        print("\nINTERRUPTED OR FAILED: partial figures only")
     print()
     print(table(rows))
     print(f"\nmeasured in {meta.get('seconds', '?')} s; whole run {time.monotonic() - began:.1f} s")
