@@ -50,7 +50,7 @@ SIZES = {
     "quick": Sizes(warmup=20, asks=200, per_thread=20, join=1_000, faust_asks=100,
                    rss_asks=20_000, rss_budget=15, timeout=60, faust_join_timeout=15),
     "full": Sizes(warmup=100, asks=1_000, per_thread=250, join=10_000, faust_asks=500,
-                  rss_asks=100_000, rss_budget=600, timeout=180, faust_join_timeout=120),
+                  rss_asks=100_000, rss_budget=300, timeout=180, faust_join_timeout=120),
 }
 
 ASK_TIMEOUT = 30.0
