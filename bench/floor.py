@@ -127,6 +127,9 @@ class Requester:
         return [slot[0] for _, slot in waiters]
 
     def close(self) -> None:
+        """Stop the reply thread and close both clients. Idempotent."""
+        if self._closing.is_set():
+            return
         self._closing.set()
         self._thread.join(5)
         self.producer.close(timeout=5)

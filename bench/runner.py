@@ -215,6 +215,7 @@ class Run:
         echo = self.process("floor-echo", [sys.executable, "-m", "bench.floor", "echo", "--bootstrap",
                                            self.bootstrap, "--topic", topic, "--group", group], self.env({}))
         keys = list(self.rows)
+        requester: Optional[Requester] = None
         try:
             log(f"floor: echo ready in {echo.wait_for_log([READY], READY_TIMEOUT):.1f} s")
             started = time.perf_counter()
@@ -247,6 +248,8 @@ class Run:
             log(f"floor: {type(exc).__name__}: {exc}")
             self.put_error(keys, "floor", exc, s.timeout)
         finally:
+            if requester is not None:
+                requester.close()  # its reply thread must not poll on during the other columns
             echo.stop()
         for key in ("rss_client", "rss_worker"):
             self.rows[key].cells.pop("floor", None)
