@@ -122,11 +122,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if status:
         meta["interrupted"] = True
     m = meta["machine"]
+    if args.json:  # first: the table below may meet a closed stdout
+        write_json(args.json, rows, meta)
+        log(f"figures written to {args.json}")
     print()
     print(f"{meta['broker']}; {meta['size']} run" + (
         f" (SMALLER COUNTS than the full run: {meta['sizes']})" if size != "full" else ""))
     print(f"machine: {m['cpus']} cores {m['cpu']}, {m['memory']}, {m['system']}; Python {meta['python']}, "
-          f"kafka-python {meta['kafka_python']}; load average at start {m['load'][0]:.2f}")
+          f"kafka-python {meta['kafka_python']}, Faust {meta.get('faust', '-')}; "
+          f"replies at {meta['replies_commit']}; load average at start {m['load'][0]:.2f}")
     print("ratios: replies on Kafka divided by the other column; 'better'/'worse' follows each row's "
           "direction (lower is better for ms, s and MiB; higher for /s)")
     if status:
@@ -134,9 +138,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     print()
     print(table(rows))
     print(f"\nmeasured in {meta.get('seconds', '?')} s; whole run {time.monotonic() - began:.1f} s")
-    if args.json:
-        write_json(args.json, rows, meta)
-        log(f"figures written to {args.json}")
     return status
 
 

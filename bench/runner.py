@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import platform
+import subprocess
 import sys
 import threading
 import time
@@ -397,6 +398,7 @@ class Run:
                     record = json.loads(line)
                     phases[record.get("phase")] = record
         error = phases.get("error", {}).get("error")
+        self.meta["faust"] = phases.get("version", {}).get("faust", "?")
         if "start" in phases:
             self.put("start", "faust", Cell(phases["start"]["seconds"], 1, note=(
                 "App made, client started by the first ask, first reply in (imports not counted)")))
@@ -475,10 +477,23 @@ class Run:
             "python": platform.python_version(),
             "kafka_python": kafka.__version__,
             "replies": getattr(replies, "__version__", "?"),
+            "replies_commit": git_commit(),
             "machine": machine(),
             "command": " ".join(["python -m bench"] + sys.argv[1:]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         }
+
+
+def git_commit() -> str:
+    """The commit of the tree the benchmark runs from (whose ``replies/`` it measures)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "replies"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return (out.stdout.strip() or "?") + (" (replies/ modified)" if dirty else "")
 
 
 def machine() -> Dict[str, Any]:

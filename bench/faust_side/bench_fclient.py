@@ -9,6 +9,7 @@ Prints one JSON object per line, one per phase, as soon as the phase ends
 (so that a phase that hangs, and the process being killed for it, does not
 lose the figures before it):
 
+    {"phase": "version", "faust": V}          Faust's version
     {"phase": "start", "seconds": S}          app made and started, first reply in
     {"phase": "ask", "latencies": [...]}      seconds per sequential ask
     {"phase": "join", "n": N, "seconds": S}   or {"phase": "join", "timeout": T}
@@ -37,6 +38,7 @@ def emit(record: Dict[str, Any]) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
+    emit({"phase": "version", "faust": faust.__version__})
     started = time.perf_counter()
     app = faust.App(
         args.app_id,
