@@ -59,9 +59,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--faust-python", metavar="PATH",
                         help="Faust's interpreter (default: $REPLIES_FAUST_PYTHON, else .venv-faust, built if missing)")
     parser.add_argument("--no-faust", action="store_true", help="leave the Faust column out")
+    parser.add_argument("--columns", default="floor,faust,kafka,memory", metavar="LIST",
+                        help="measure only these columns (comma-separated; default: %(default)s)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (path printed)")
     args = parser.parse_args(argv)
     size = args.size or "full"
+    columns = {c.strip() for c in args.columns.split(",") if c.strip()}
+    if not columns or columns - {"floor", "faust", "kafka", "memory"}:
+        parser.error(f"--columns takes floor, faust, kafka, memory; not {args.columns!r}")
+    if args.no_faust:
+        columns.discard("faust")
     if args.broker and not args.broker.startswith("kafka://"):
         parser.error("--broker takes kafka://HOST:PORT[,HOST:PORT]")
 
@@ -77,6 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.broker:
                 bootstrap = args.broker[len("kafka://"):]
                 broker_note = f"given: {args.broker}"
+            elif columns == {"memory"}:
+                bootstrap, broker_note = "", "no broker (memory:// only)"
             else:
                 from tests.kafka.harness import DEFAULT_KAFKA_VERSION, make_broker
 
@@ -88,19 +97,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                 bootstrap = broker.bootstrap_servers
                 broker_note = f"Apache Kafka {DEFAULT_KAFKA_VERSION}, started by the benchmark"
                 log(f"broker ready at {bootstrap} in {time.monotonic() - t:.1f} s")
-            python = None if args.no_faust else faust_python(args.faust_python)
+            python = faust_python(args.faust_python) if "faust" in columns else None
             run = Run(bootstrap, size, stack, workdir, python)
             run.describe(broker_note)
-            if args.broker:
+            if args.broker and columns != {"memory"}:
                 stack.callback(undo_safely, "delete the run's topics", run.delete_topics)
             measured = time.monotonic()
             log(f"{size} run {run.run_id} on {bootstrap}" + (
                 " (smaller counts than the full run)" if size != "full" else ""))
-            run.floor()
-            run.replies_kafka()
-            if not args.no_faust:
+            if "floor" in columns:
+                run.floor()
+            if "kafka" in columns:
+                run.replies_kafka()
+            if "faust" in columns:
                 run.faust()
-            run.replies_memory()
+            if "memory" in columns:
+                run.replies_memory()
             run.meta["seconds"] = round(time.monotonic() - measured, 1)
         except KeyboardInterrupt as exc:
             log(f"interrupted ({exc or 'Ctrl-C'}): cleaning up")

@@ -363,9 +363,10 @@ class Run:
         env.pop("PYTHONHOME", None)
         env.update({"PYTHONPATH": str(here), "PYTHONUNBUFFERED": "1", "BENCH_FAUST_BROKER": broker,
                     "BENCH_FAUST_ID": app_id, "BENCH_FAUST_DATADIR": str(self.workdir / "faust-data")})
-        worker = self.process("faust-worker", [self.faust_python, "-m", "faust", "-A", "bench_fagent", "worker",
-                                               "-l", "info", "--without-web"], env, cwd=self.workdir)
+        worker: Optional[Process] = None
         try:
+            worker = self.process("faust-worker", [self.faust_python, "-m", "faust", "-A", "bench_fagent",
+                                                   "worker", "-l", "info", "--without-web"], env, cwd=self.workdir)
             ready = worker.wait_for_log(["[^Worker]: Ready"], READY_TIMEOUT)
             log(f"Faust: worker ready in {ready:.1f} s")
             client_timeout = 60 + s.faust_join_timeout + (s.warmup + s.faust_asks) * 0.1
@@ -387,7 +388,8 @@ class Run:
                 if "faust" not in self.rows[key].cells:
                     self.put(key, "faust", failed(exc, READY_TIMEOUT))
         finally:
-            worker.stop()
+            if worker is not None:
+                worker.stop()
 
     def faust_results(self, output: str, client_timeout: float) -> None:
         s = self.sizes
