@@ -339,7 +339,9 @@ class Run:
         gc.collect()
         client1, worker1 = rss_bytes(), rss_bytes(worker_pid)
         n = len(latencies)
-        cut = f"; stopped after {s.rss_budget:.0f} s, short of {per_thread * THREADS:,}" if n < per_thread * THREADS else ""
+        cut = ""
+        if n < per_thread * THREADS:
+            cut = f"; stopped after {s.rss_budget:.0f} s, short of {per_thread * THREADS:,}"
         self.put("rss_client", column, Cell((client1 - client0) / 2**20, n,
                                             note=f"{client0 / 2**20:.1f} -> {client1 / 2**20:.1f} MiB{cut}"))
         self.put("rss_worker", column, Cell((worker1 - worker0) / 2**20, n,
