@@ -248,6 +248,9 @@ class App:
         topic: Optional[str] = None,
         concurrency: int = 1,
         partitions: Optional[int] = None,
+        dead_letter_topic: Optional[str] = None,
+        max_in_flight: Optional[int] = None,
+        max_in_flight_bytes: Optional[int] = None,
     ) -> Callable[[Callable[..., Any]], Agent]:
         """Register a function as an agent (a decorator).
 
@@ -256,6 +259,18 @@ class App:
             topic: its request topic (default ``f"{app.id}-{name}"``).
             concurrency: requests handled at once by this process.
             partitions: partitions of its topic if this App creates it.
+            dead_letter_topic: copy each record the agent could not serve
+                normally (undecodable, the handler raised, the reply could
+                not be encoded or delivered) to this topic, with headers
+                naming the failure and the record's origin
+                (``Replies-Dead-Letter-Error``, ``-Message``, ``-Topic``,
+                ``-Partition``, ``-Offset``). Created by :meth:`serve` if
+                missing. Off by default.
+            max_in_flight: requests one process holds at most (queued,
+                being handled, or waiting for the reply's acknowledgement)
+                before it stops fetching more (default 1000).
+            max_in_flight_bytes: the same bound in bytes of request keys
+                and values (default 16 MiB).
 
         Raises:
             ValueError: the name is taken, or a bad number.
@@ -269,6 +284,9 @@ class App:
                 topic=topic,
                 concurrency=concurrency,
                 partitions=partitions,
+                dead_letter_topic=dead_letter_topic,
+                max_in_flight=max_in_flight,
+                max_in_flight_bytes=max_in_flight_bytes,
             )
             if agent.name in self.agents:
                 raise ValueError(f"agent {agent.name!r} is already registered")
