@@ -31,7 +31,8 @@ def main(argv: List[str]) -> int:
 
     KafkaTransport.reply_reader = recording_reader  # type: ignore[method-assign]
     app = replies.App(f"shared-client-{me}", broker=f"kafka://{bootstrap}", reply_to=reply_topic,
-                      reply_partition=me, wire=wire, **json.loads(settings))
+                      reply_partition=me, wire=wire, connect_timeout=60.0, request_timeout=240.0,
+                      **json.loads(settings))
     with app:
         values = [{"client": me, "n": n} for n in range(total)]
         answers = app.topic(agent_topic).join(values, timeout=240)
