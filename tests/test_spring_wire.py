@@ -6,6 +6,8 @@ import struct
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import replies
 from replies.core.codec import (
@@ -17,7 +19,7 @@ from replies.core.codec import (
     SPRING_REPLY_TOPIC,
     Codec,
 )
-from replies.errors import RemoteError
+from replies.errors import DecodeError, RemoteError
 
 
 def test_spring_request_headers_binary_correlation_and_reply_partition() -> None:
@@ -136,3 +138,35 @@ def test_clients_on_a_shared_reply_topic_read_only_their_partition(wire: str) ->
         finally:
             for client in clients:
                 client.close()
+
+
+_spring_headers = st.lists(
+    st.tuples(
+        st.sampled_from([SPRING_REPLY_TOPIC, SPRING_CORRELATION_ID, SPRING_REPLY_PARTITION,
+                         SPRING_EXCEPTION_FQCN, SPRING_EXCEPTION_MESSAGE, HEADER_REPLY_PARTITION,
+                         "__TypeId__", "Faust-Ag-ReplyTo"]),
+        st.one_of(st.none(), st.binary(max_size=40), st.sampled_from([b"replies", b"\x00\x00\x00\x01", b"\xff" * 4])),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.one_of(st.none(), st.binary(max_size=8)), value=st.one_of(st.none(), st.binary(max_size=40)),
+       headers=_spring_headers, raw=st.booleans())
+def test_decoding_spring_records_is_total(key: bytes | None, value: bytes | None, headers: list, raw: bool) -> None:
+    codec = Codec(value_serializer="raw" if raw else "json")
+    try:
+        request = codec.decode_request(key, value, headers)
+    except DecodeError:
+        pass
+    else:
+        assert (request.reply_to is None) == (request.correlation_id is None)
+        assert request.reply_partition is None or request.reply_partition >= 0
+        if request.reply_to is not None:
+            reply = codec.encode_reply(request.correlation_id or "", None, key=key, request=request)
+            assert reply.partition == request.reply_partition
+    try:
+        codec.decode_reply(value, headers)
+    except DecodeError:
+        pass
