@@ -31,7 +31,6 @@ from tests.kafka.harness import BrokerError, _java, _which, cache_dir
 __all__ = ["SpringService", "spring_ask", "spring_classpath", "spring_jars"]
 
 HERE = Path(__file__).resolve().parent
-_SOURCES = ("pom.xml", "src")
 _LOG_LEVEL = "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"
 
 

@@ -21,13 +21,12 @@ import org.springframework.kafka.support.KafkaHeaders;
 import org.springframework.kafka.support.serializer.JacksonJsonSerializer;
 import org.springframework.messaging.handler.annotation.SendTo;
 import org.springframework.messaging.support.MessageBuilder;
-import org.springframework.stereotype.Component;
 import tools.jackson.core.type.TypeReference;
 import tools.jackson.databind.json.JsonMapper;
 
 /**
  * The Spring side of the interop tests: a plain Spring context (no Boot) with
- * {@code @EnableKafka} and three {@code @KafkaListener} + {@code @SendTo}
+ * {@code @EnableKafka} and two {@code @KafkaListener} + {@code @SendTo}
  * listeners on topics named from the system property {@code replies.topic}
  * (the base name T):
  *
@@ -123,7 +122,6 @@ public final class Service {
     }
 
     /** The listeners; topic names come from the {@code replies.topic} system property. */
-    @Component
     public static class Listeners {
 
         private final JsonMapper mapper = JsonMapper.builder().build();
