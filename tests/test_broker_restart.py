@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -212,6 +212,65 @@ def test_broker_restart_under_load(broker: KafkaCluster, how: str, tmp_path: Pat
         assert len(workers.processes) == 1
     finally:
         workers.stop_all()
+
+
+def _timed(call: Any, bound: float) -> Tuple[float, Optional[BaseException]]:
+    """Run ``call`` on a thread; fail if it is still running after ``bound`` s.
+
+    Returns:
+        How long it took, and what it raised (or None).
+    """
+    outcome: Dict[str, Any] = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            call()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+        outcome["took"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run, name="test-timed", daemon=True)
+    thread.start()
+    thread.join(bound)
+    assert not thread.is_alive(), f"still blocked after {bound} s"
+    return outcome["took"], outcome.get("error")
+
+
+@pytest.mark.kafka_only
+def test_asks_keep_their_timeout_when_the_broker_is_down(broker: KafkaCluster, topic_prefix: str) -> None:
+    """Issue 9, case 6: with the broker down, an ask to a topic whose metadata
+    the App has not seen yet (kafka-python's send() would wait up to
+    max_block_ms for it) returns within its timeout, as do asks, joins and
+    close() on a topic it knows."""
+    app = replies.App(f"{topic_prefix}down", broker=f"kafka://{broker.bootstrap_servers}", connect_timeout=3)
+    took: Dict[str, float] = {}
+    try:
+        app.start()
+        known, unknown = app.topic(topic_prefix + "known"), app.topic(topic_prefix + "unknown")
+        # Both exist; only `known` has been sent to (nobody serves it).
+        app.transport.create_topic(known.topic_name, partitions=1)
+        app.transport.create_topic(unknown.topic_name, partitions=1)
+        with pytest.raises(replies.ReplyTimeoutError):
+            known.ask(0, timeout=0.5)
+        _stop_broker(broker, "SIGKILL")
+
+        took["unknown ask"], error = _timed(lambda: unknown.ask(1, timeout=5), bound=5 + TOLERANCE)
+        assert isinstance(error, replies.TransportError) and error.cause == "timeout", repr(error)
+        assert unknown.topic_name in str(error)
+        took["unknown join"], error = _timed(lambda: unknown.join([1, 2], timeout=3), bound=3 + TOLERANCE)
+        assert isinstance(error, replies.TransportError) and error.cause == "timeout", repr(error)
+        took["known ask"], error = _timed(lambda: known.ask(2, timeout=3), bound=3 + TOLERANCE)
+        assert isinstance(error, replies.ReplyTimeoutError), repr(error)
+        took["known join"], error = _timed(lambda: known.join([3, 4], timeout=3), bound=3 + TOLERANCE)
+        assert isinstance(error, replies.ReplyTimeoutError), repr(error)
+        pending = known.ask_nowait(5, timeout=None)  # waits in the producer's buffer
+        took["close(5)"], error = _timed(lambda: app.close(timeout=5), bound=5 + TOLERANCE)
+        assert error is None, repr(error)
+        assert isinstance(pending.exception(timeout=5), replies.ReplyError)
+    finally:
+        app.close(timeout=1)
+    print(f"\nwith the broker down, seconds taken: {json.dumps({k: round(v, 2) for k, v in took.items()})}")
 
 
 @pytest.mark.parametrize("given", [None, 5000])
