@@ -162,3 +162,46 @@ def test_a_client_leaving_with_requests_held_does_not_stall_a_worker_process(
         assert worker.poll() is None, _log(pool, 0)
     finally:
         pool.stop_all()
+
+
+@pytest.mark.parametrize("broker_url", ["kafka"], indirect=True)
+def test_a_request_the_agents_object_hook_refuses_gets_an_error_reply(
+    make_app: Any, broker_url: str, kafka_bootstrap: str
+) -> None:
+    """Case 3 on the serving side: the README's ``to_point`` hook meets a
+    ``fapp.Point`` without ``x`` in a request. The request gets an error
+    reply naming the failure, a copy without a reply address is skipped,
+    concurrent asks are answered, and the agent goes on."""
+    import kafka
+
+    def to_point(obj: Dict[str, Any]) -> Any:
+        if obj.get("__faust") == {"ns": "fapp.Point"}:
+            return (obj["x"], obj["y"])
+        return obj
+
+    server = make_app("server", json_object_hook=to_point)
+
+    @server.agent(concurrency=4)
+    def norm(value: Any) -> Any:
+        return abs(value[0]) + abs(value[1]) if isinstance(value, tuple) else value
+
+    server.serve()
+    client = make_app("client").start()
+    topic = client.topic(norm.topic_name)
+    assert topic.ask({"x": 3, "y": -4, "__faust": {"ns": "fapp.Point"}}, timeout=20) == 7
+    threads, answers = _ask_in_threads(topic, threads=4, asks=5)
+    point_without_x = {"y": 1, "__faust": {"ns": "fapp.Point"}}
+    producer = kafka.KafkaProducer(bootstrap_servers=kafka_bootstrap.split(","))
+    try:
+        producer.send(norm.topic_name, value=json.dumps(point_without_x).encode()).get(10)
+    finally:
+        producer.close(5)
+    with pytest.raises(replies.RemoteError) as caught:
+        topic.ask(point_without_x, timeout=20)
+    assert caught.value.type_name == "DecodeError" and "KeyError" in caught.value.message
+    for thread in threads:
+        thread.join(60)
+    assert sorted(answers) == sorted(i * 1000 + n for i in range(4) for n in range(5))
+    (worker,) = server._workers
+    assert worker.alive
+    assert topic.ask({"x": 1, "y": 1, "__faust": {"ns": "fapp.Point"}}, timeout=20) == 2
