@@ -155,10 +155,10 @@ class DeadlockError(ReplyError, RuntimeError):
 
 
 class ForkedError(ReplyError, RuntimeError):
-    """An App started in a parent process was used in a forked child.
+    """Kept for compatibility; no longer raised.
 
-    Its threads and sockets do not exist in the child. Create and start the
-    App after the fork (for gunicorn, in a ``post_fork`` hook or lazily).
+    An App used in a forked child now forgets the parent's threads,
+    connections and generated reply topic and starts afresh on first use.
     """
 
 

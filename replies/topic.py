@@ -125,7 +125,7 @@ class Topic:
     """A request topic that can be asked: an agent of any app, by name.
 
     Get one from :meth:`App.topic` (or use an :class:`~replies.agent.Agent`,
-    which is one). The App must be started (``with app:``) to ask.
+    which is one). Asking starts the App if it was never started.
 
     Threading model: every method may be called from any thread at once;
     the blocking ones (:meth:`ask`, iterating :meth:`map`, :meth:`join`)
@@ -183,18 +183,18 @@ class Topic:
         :class:`ReplyTimeoutError` once ``timeout`` passes even if nobody
         waits on it. Cancel it to stop waiting. Its done-callbacks run on
         the reply thread. Blocks only while the topic's metadata is unknown
-        (the first request to it), at most ``timeout``.
+        (the first request to it), at most ``timeout``, and while the App
+        starts (the first ask of an App never started).
 
         Raises:
             TypeError: the value cannot be serialized.
-            ClosedError: the App is not started or closed.
+            ClosedError: the App was closed.
             NoRespondersError: the topic does not exist.
             TransportError: the request could not be queued.
         """
         seconds = self.app._timeout(timeout)
-        promise = ReplyPromise(
-            self.app.reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name
-        )
+        reply_to = self.app._reply_topic(seconds)  # starts an App never started
+        promise = ReplyPromise(reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name)
         self._request(promise, promise.correlation_id, key, value, seconds)
         return promise
 
@@ -214,9 +214,8 @@ class Topic:
             as :meth:`ask`, while iterating.
         """
         seconds = self.app._timeout(timeout)
-        promise = ReplyStream(
-            self.app.reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name
-        )
+        reply_to = self.app._reply_topic(seconds)
+        promise = ReplyStream(reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name)
         self._request(promise, promise.correlation_id, key, value, seconds, stream=True)
         return self._values(promise, seconds)
 
@@ -359,7 +358,7 @@ class Topic:
         message = app.codec.encode_request(
             value,
             key=key,
-            reply_to=app.reply_to,
+            reply_to=waiter.reply_to,
             correlation_id=cid,
             deadline=deadline_after(seconds),
             stream=stream,
@@ -392,7 +391,8 @@ class Topic:
         self, items: Iterable[Tuple[Any, Any]], timeout: Timeout
     ) -> Tuple[BarrierState, List[str], Optional[float]]:
         seconds = self.app._timeout(timeout)
-        barrier = BarrierState(self.app.reply_to, timeout=seconds, topic=self.topic_name)
+        reply_to = self.app._reply_topic(seconds)  # starts an App never started
+        barrier = BarrierState(reply_to, timeout=seconds, topic=self.topic_name)
         order: List[str] = []
         try:
             for key, value in items:
