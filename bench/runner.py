@@ -269,7 +269,14 @@ class Run:
         app: Optional[replies.App] = None
         try:
             ready = worker.wait_for_log([f"serving agent double on topic {app_id}-double"], READY_TIMEOUT)
-            log(f"replies on Kafka: worker ready in {ready:.1f} s")
+            # The worker logs that it serves before its group has partitions:
+            # one answered ask from a throwaway App says it really serves.
+            t = time.perf_counter()
+            with replies.App(f"{self.run_id}-probe", broker=broker, reply_to_prefix=f"{self.run_id}-reply-",
+                             request_timeout=READY_TIMEOUT) as probe:
+                check(2, probe.topic(f"{app_id}-double").ask(1))
+            log(f"replies on Kafka: worker logged ready in {ready:.1f} s, answered a probe in "
+                f"{time.perf_counter() - t:.1f} s more")
             started = time.perf_counter()
             app = replies.App(f"{self.run_id}-client", broker=broker, reply_to_prefix=f"{self.run_id}-reply-",
                               request_timeout=ASK_TIMEOUT)

@@ -303,11 +303,6 @@ def test_a_client_cannot_read_another_clients_reply_topic(scene: Scene) -> None:
         app_b.start()
 
 
-@pytest.mark.xfail(
-    reason="worker side (issue 9): an agent whose reply the broker refuses stops "
-    "instead of skipping that reply; remove this mark once the worker contains it",
-    strict=False,
-)
 def test_worker_without_write_on_a_reply_topic_keeps_serving_others(
     scene: Scene, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -82,7 +82,7 @@ from typing import (
     Union,
 )
 
-from replies.core.codec import HEADER_CORRELATION_ID, HEADER_REPLY_TO, Message, Request
+from replies.core.codec import Message, Request
 from replies.errors import DecodeError, NoRespondersError, RemoteError, TransportError
 from replies.transport.base import GroupReader, Record, TopicPartition
 
@@ -568,13 +568,10 @@ class AgentWorker:
         record = job.record
         try:
             request = self.app.codec.decode_request(record.key, record.value, record.headers)
-            _check_address(request)
         except Exception as exc:
+            # The codec hands back a usable reply address or none at all.
             partial = exc.request if isinstance(exc, DecodeError) else None
-            if not _usable(partial):
-                # Whatever the codec raised, reply headers may still be read.
-                partial = _address_in_headers(record)
-            usable = _usable(partial)
+            usable = partial is not None and partial.reply_to is not None
             self.logger.warning(
                 "undecodable request at %s%s: %s",
                 _where(record),
@@ -871,45 +868,6 @@ _Done = Tuple[TopicPartition, int, int, Tuple[str, ...]]
 #: Work for a handler thread: a record and its partition's generation, or
 #: a follow-up to run.
 _Work = Union[Tuple[Record, int], Callable[[], None]]
-
-
-def _check_address(request: Request) -> None:
-    """Refuse a request whose reply address is not text (a hostile envelope).
-
-    Raises:
-        DecodeError: the reply topic or correlation id is not a string.
-    """
-    for name in ("reply_to", "correlation_id"):
-        field = getattr(request, name)
-        if field is not None and not isinstance(field, str):
-            raise DecodeError(f"the request's {name} is a {type(field).__name__}, not a string")
-
-
-def _address_in_headers(record: Record) -> Optional[Request]:
-    """The reply address a record's headers name, if they name one in UTF-8."""
-    found: Dict[str, str] = {}
-    try:
-        for name, raw in record.headers:
-            if name in (HEADER_REPLY_TO, HEADER_CORRELATION_ID) and isinstance(raw, bytes):
-                found[name] = raw.decode("utf-8")
-    except (UnicodeDecodeError, TypeError, ValueError):
-        return None
-    reply_to, correlation_id = found.get(HEADER_REPLY_TO), found.get(HEADER_CORRELATION_ID)
-    if not reply_to or not correlation_id:
-        return None
-    key = record.key if isinstance(record.key, bytes) else None
-    return Request(None, key, reply_to, correlation_id, None)
-
-
-def _usable(request: Any) -> bool:
-    """Whether a (partly) decoded request names a reply address to answer."""
-    return (
-        isinstance(request, Request)
-        and isinstance(request.reply_to, str)
-        and isinstance(request.correlation_id, str)
-        and bool(request.reply_to)
-        and bool(request.correlation_id)
-    )
 
 
 def _brief(exc: BaseException, limit: int = 300) -> str:

@@ -69,6 +69,13 @@ _RESERVED = {
 #: Seconds to reach a broker, log in and bootstrap, unless told otherwise.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
+#: Settings of every client (producer, consumers, admin) unless the App sets
+#: them. kafka-python backs off reconnecting to a broker exponentially up to
+#: 30 s, so after an outage of a few seconds a client may wait as long again
+#: before it tries the broker that is back; Kafka's Java clients cap that
+#: pause at 1 s, as here.
+_CLIENT_DEFAULTS: Dict[str, Any] = {"reconnect_backoff_max_ms": 1000}
+
 #: Producer settings of this library's own unless the App sets them.
 #: ``max_block_ms`` bounds a send whose caller gave no timeout.
 _PRODUCER_DEFAULTS: Dict[str, Any] = {"max_block_ms": 10_000}
@@ -340,6 +347,7 @@ class KafkaTransport(Transport):
         # Every client bootstraps within the connect timeout unless told
         # otherwise (kafka-python's default is 30 s).
         settings.setdefault("bootstrap_timeout_ms", max(1, int(connect_timeout * 1000)))
+        settings = {**_CLIENT_DEFAULTS, **settings}
         self._settings = settings
         self._bootstrap = bootstrap_servers
         self._replication_factor = replication_factor
