@@ -22,6 +22,7 @@ test: install
 test-tansu: install
 	REPLIES_TEST_BROKER=tansu $(PYTHON) -m pytest -m integration $(PYTEST_ARGS)
 
-## kafka-jars: resolve and cache the Kafka jars only (Maven)
+## kafka-jars: resolve and cache the Kafka jars, and build the Spring interop program (Maven)
 kafka-jars:
 	$(PYTHON) -m tests.kafka jars
+	$(PYTHON) -m tests.spring

@@ -59,6 +59,17 @@ class App:
             share a reply topic among processes: each reads it from the end
             and drops replies it did not ask for, and none deletes it.
         reply_to_prefix: prefix of generated reply topics (``"f-reply-"``).
+        reply_partition: read only this partition of ``reply_to`` and ask
+            agents to reply there: many processes share one reply topic of
+            N partitions, each with a partition of its own (e.g. its pod
+            ordinal), and none creates or deletes a topic. Needs ``reply_to``.
+        wire: whose request headers this App writes when it asks:
+            ``"faust"`` (the default) or ``"spring"`` (Spring for Apache
+            Kafka's ``kafka_replyTopic``/``kafka_correlationId``/
+            ``kafka_replyPartition``, for ``@KafkaListener`` + ``@SendTo``
+            services). Agents answer both kinds of caller whatever it says.
+        spring_correlation: ``"binary"`` (a UUID's 16 bytes, Spring's
+            default) or ``"string"`` (its text) for ``wire="spring"``.
         reply_create_topic: create a named ``reply_to`` topic if missing
             (generated ones are always created).
         reply_expires: the reply topic's ``retention.ms``, in seconds or a
@@ -126,6 +137,9 @@ class App:
         *,
         broker: str = "memory://",
         reply_to: Optional[str] = None,
+        reply_partition: Optional[int] = None,
+        wire: str = "faust",
+        spring_correlation: str = "binary",
         reply_to_prefix: str = "f-reply-",
         reply_create_topic: bool = False,
         reply_expires: Union[float, datetime.timedelta] = datetime.timedelta(days=1),
@@ -152,6 +166,12 @@ class App:
             raise ValueError(f"connect_timeout must be > 0, not {connect_timeout!r}")
         if topic_partitions < 1:
             raise ValueError(f"topic_partitions must be >= 1, not {topic_partitions}")
+        if reply_partition is not None and reply_to is None:
+            raise ValueError("reply_partition needs reply_to: the shared reply topic to read")
+        if reply_partition is not None and (reply_create_topic or reply_delete_topic):
+            raise ValueError(
+                "a client reading one partition of a shared reply topic neither creates nor deletes it"
+            )
         if isinstance(reply_expires, datetime.timedelta):
             reply_expires = reply_expires.total_seconds()
         if reply_expires <= 0:
@@ -163,6 +183,7 @@ class App:
         # A named reply topic, or None: each process generates its own.
         self._named_reply_to = reply_to or None
         self.reply_to_prefix = reply_to_prefix
+        self.reply_partition = reply_partition
         self.reply_create_topic = reply_create_topic or reply_to is None
         self.reply_expires = float(reply_expires)
         self.reply_delete_topic = reply_to is None if reply_delete_topic is None else reply_delete_topic
@@ -180,6 +201,9 @@ class App:
             json_object_hook=json_object_hook,
             json_default=json_default,
             request_mode=request_mode,
+            wire=wire,
+            spring_correlation=spring_correlation,
+            reply_partition=reply_partition,
         )
         self.agents: Dict[str, Agent] = {}
         # Serialises start/serve/close; the fields below change only under it.

@@ -306,11 +306,11 @@ def injector(monkeypatch: pytest.MonkeyPatch) -> Injector:
     injector = Injector()
     real = MemoryTransport.reply_reader
 
-    def reply_reader(self: MemoryTransport, topic: str, timeout: float) -> Reader:
+    def reply_reader(self: MemoryTransport, topic: str, timeout: float, **kw: Any) -> Reader:
         if injector.readers and injector.down.is_set():
             raise TransportError("broker unreachable (injected)")
         broken = injector.broken_first and not injector.readers
-        reader = FlakyReader(real(self, topic, timeout), injector.down, broken)
+        reader = FlakyReader(real(self, topic, timeout, **kw), injector.down, broken)
         injector.readers.append(reader)
         return reader
 

@@ -19,6 +19,22 @@ result or raises :class:`DecodeError`, never anything else. A decoded
 request's ``reply_to`` and ``correlation_id`` are both non-empty strings,
 the reply topic a legal Kafka topic name, or both ``None`` (a cast).
 
+Spring for Apache Kafka's wire (``wire="spring"``, see :class:`Codec`):
+a request carries ``kafka_replyTopic`` (UTF-8), ``kafka_correlationId`` (the
+16 bytes of a UUID by default, or its UTF-8 text) and optionally
+``kafka_replyPartition`` (a 4-byte big-endian int); its value is the
+serialized value itself. A reply carries the request's ``kafka_correlationId``
+bytes unchanged, keeps the request's key as its key, goes to the partition
+asked for, and its value is the reply value itself (JSON, or text or bytes);
+a failure is marked by ``kafka_exception-fqcn`` and
+``kafka_exception-message`` headers. A request is read as Spring's when it
+carries ``kafka_correlationId``, so one agent answers Faust and Spring
+callers, each in its own format.
+
+A caller that reads only one partition of a shared reply topic asks for it
+with ``kafka_replyPartition`` on Spring's wire and with ``Replies-ReplyPartition``
+(the same 4-byte int, a header of ours that Faust ignores) on Faust's.
+
 Pure functions and plain data only: nothing here does I/O.
 """
 
@@ -28,7 +44,9 @@ import json
 import math
 import re
 import reprlib
+import struct
 import time
+import uuid
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from replies.core.table import Reply
@@ -46,7 +64,15 @@ __all__ = [
     "HEADER_END",
     "HEADER_DEADLINE",
     "HEADER_STREAM",
+    "HEADER_REPLY_PARTITION",
+    "SPRING_REPLY_TOPIC",
+    "SPRING_CORRELATION_ID",
+    "SPRING_REPLY_PARTITION",
+    "SPRING_EXCEPTION_FQCN",
+    "SPRING_EXCEPTION_MESSAGE",
     "REQUEST_MODES",
+    "WIRES",
+    "SPRING_CORRELATIONS",
 ]
 
 Headers = List[Tuple[str, bytes]]
@@ -58,6 +84,13 @@ HEADER_MORE = "Replies-More"
 HEADER_END = "Replies-End"
 HEADER_DEADLINE = "Replies-Deadline"
 HEADER_STREAM = "Replies-Stream"
+HEADER_REPLY_PARTITION = "Replies-ReplyPartition"
+
+SPRING_REPLY_TOPIC = "kafka_replyTopic"
+SPRING_CORRELATION_ID = "kafka_correlationId"
+SPRING_REPLY_PARTITION = "kafka_replyPartition"
+SPRING_EXCEPTION_FQCN = "kafka_exception-fqcn"
+SPRING_EXCEPTION_MESSAGE = "kafka_exception-message"
 
 NS_REQUEST = "@ReqRepRequest"
 NS_RESPONSE = "@ReqRepResponse"
@@ -80,6 +113,11 @@ _repr.maxother = 60
 #: ``"headers"``: Faust >= 1.10's form; ``"envelope"``: older Faust's.
 REQUEST_MODES = ("headers", "envelope")
 VALUE_SERIALIZERS = ("json", "raw")
+#: Whose request/reply headers a caller writes: Faust's or Spring's.
+WIRES = ("faust", "spring")
+#: How a Spring caller writes ``kafka_correlationId``: a UUID's 16 bytes
+#: (``ReplyingKafkaTemplate``'s default) or its text (``setBinaryCorrelation(false)``).
+SPRING_CORRELATIONS = ("binary", "string")
 
 
 class Message(NamedTuple):
@@ -88,6 +126,8 @@ class Message(NamedTuple):
     key: Optional[bytes]
     value: Optional[bytes]
     headers: Headers
+    #: The partition to write to; ``None`` lets the producer choose.
+    partition: Optional[int] = None
 
 
 class Request(NamedTuple):
@@ -102,6 +142,12 @@ class Request(NamedTuple):
     deadline: Optional[float]
     #: The caller takes every reply of a generator agent (else only one).
     stream: bool = False
+    #: The reply topic's partition the caller reads, if it asked for one.
+    reply_partition: Optional[int] = None
+    #: ``"faust"`` or ``"spring"``: whose format the reply must take.
+    wire: str = "faust"
+    #: A Spring caller's correlation id bytes, echoed unchanged on the reply.
+    wire_correlation_id: Optional[bytes] = None
 
 
 def legal_topic(name: object) -> bool:
@@ -224,6 +270,52 @@ def echo_key(key: Optional[bytes]) -> Optional[str]:
     return None if key is None else str(key)
 
 
+def _partition_of(headers: Headers, name: str) -> Optional[int]:
+    """The reply partition a request asks for (a 4-byte big-endian int), if any.
+
+    A malformed one is ignored: the reply then goes where the producer puts
+    it, which a caller reading the whole topic still gets.
+    """
+    try:
+        raw = _header(headers, name)
+    except DecodeError:
+        return None
+    if raw is None or len(raw) != 4:
+        return None
+    partition: int = struct.unpack(">i", raw)[0]
+    return partition if partition >= 0 else None
+
+
+def spring_correlation_text(raw: bytes) -> str:
+    """The text form of a Spring correlation id: 16 bytes read as a UUID, else UTF-8 (else hex)."""
+    if len(raw) == 16:
+        return str(uuid.UUID(bytes=raw))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "0x" + raw.hex()
+
+
+def _spring_value(data: Optional[bytes], raw: bool) -> Any:
+    """A Spring record's value: bytes as they are, else JSON, else text.
+
+    Spring services write JSON (``JsonSerializer``) or plain text
+    (``StringSerializer``); text that is not JSON is taken as a string.
+
+    Raises:
+        DecodeError: neither JSON nor UTF-8 text.
+    """
+    if raw or data is None:
+        return data
+    try:
+        return Codec.loads(data)
+    except DecodeError:
+        try:
+            return bytes(data).decode("utf-8")
+        except (UnicodeDecodeError, TypeError) as exc:
+            raise DecodeError(f"neither JSON nor UTF-8 text: {_short(data)}") from exc
+
+
 class Codec:
     """Encodes and decodes requests and replies.
 
@@ -238,9 +330,17 @@ class Codec:
         json_default: called for objects :mod:`json` cannot encode (as
             :func:`json.dumps`'s ``default``).
         request_mode: ``"headers"`` or ``"envelope"``.
+        wire: whose headers requests carry: ``"faust"`` or ``"spring"``
+            (Spring for Apache Kafka's ``ReplyingKafkaTemplate``). Serving is
+            not affected: requests are answered in the format they came in.
+        spring_correlation: ``"binary"`` (a UUID's 16 bytes, Spring's
+            default) or ``"string"`` (its text), for ``wire="spring"``.
+        reply_partition: the partition of the reply topic the caller reads;
+            requests ask agents to reply there.
 
     Raises:
-        ValueError: an unknown serializer or request mode.
+        ValueError: an unknown serializer, request mode, wire or
+            correlation form, or a negative partition.
     """
 
     def __init__(
@@ -250,7 +350,20 @@ class Codec:
         json_object_hook: Optional[Callable[[Dict[str, Any]], Any]] = None,
         json_default: Optional[Callable[[Any], Any]] = None,
         request_mode: str = "headers",
+        wire: str = "faust",
+        spring_correlation: str = "binary",
+        reply_partition: Optional[int] = None,
     ) -> None:
+        if wire not in WIRES:
+            raise ValueError(f"wire must be one of {WIRES}, not {wire!r}")
+        if spring_correlation not in SPRING_CORRELATIONS:
+            raise ValueError(
+                f"spring_correlation must be one of {SPRING_CORRELATIONS}, not {spring_correlation!r}"
+            )
+        if reply_partition is not None and reply_partition < 0:
+            raise ValueError(f"reply_partition must be >= 0, not {reply_partition}")
+        if wire == "spring" and request_mode != "headers":
+            raise ValueError("Spring requests carry headers: use request_mode='headers'")
         if value_serializer not in VALUE_SERIALIZERS:
             raise ValueError(
                 f"value_serializer must be one of {VALUE_SERIALIZERS}, not {value_serializer!r}"
@@ -261,6 +374,9 @@ class Codec:
             raise ValueError("envelope requests are JSON: use value_serializer='json'")
         self.value_serializer = value_serializer
         self.request_mode = request_mode
+        self.wire = wire
+        self.spring_correlation = spring_correlation
+        self.reply_partition = reply_partition
         self._object_hook = json_object_hook
         self._json_default = json_default
 
@@ -411,15 +527,55 @@ class Codec:
         else:
             payload = self.encode_value(value)
             if reply_to is not None and correlation_id is not None:
-                headers += [
-                    (HEADER_REPLY_TO, reply_to.encode("utf-8")),
-                    (HEADER_CORRELATION_ID, correlation_id.encode("utf-8")),
-                ]
+                headers += self._address_headers(reply_to, correlation_id)
+        if reply_to is not None and self.reply_partition is not None:
+            name = SPRING_REPLY_PARTITION if self.wire == "spring" else HEADER_REPLY_PARTITION
+            headers.append((name, struct.pack(">i", self.reply_partition)))
         if deadline is not None:
             headers.append((HEADER_DEADLINE, repr(float(deadline)).encode("ascii")))
         if stream:
             headers.append((HEADER_STREAM, b"1"))
         return Message(self.encode_key(key), payload, headers)
+
+    def _address_headers(self, reply_to: str, correlation_id: str) -> Headers:
+        """A request's reply address as headers of the codec's wire."""
+        if self.wire == "faust":
+            return [
+                (HEADER_REPLY_TO, reply_to.encode("utf-8")),
+                (HEADER_CORRELATION_ID, correlation_id.encode("utf-8")),
+            ]
+        cid = correlation_id.encode("utf-8")
+        if self.spring_correlation == "binary":
+            try:
+                cid = uuid.UUID(correlation_id).bytes
+            except ValueError:
+                pass  # not a UUID (a caller's own id): sent as text
+        return [(SPRING_REPLY_TOPIC, reply_to.encode("utf-8")), (SPRING_CORRELATION_ID, cid)]
+
+    def _decode_spring_request(
+        self, key: Optional[bytes], value: Optional[bytes], headers: Headers
+    ) -> Request:
+        """Read a request from a Spring caller (see :meth:`decode_request`)."""
+        deadline = _deadline_of(headers)
+        stream = _stream_of(headers)
+        partition = _partition_of(headers, SPRING_REPLY_PARTITION)
+        try:
+            raw_cid = _header(headers, SPRING_CORRELATION_ID)
+            reply_to, correlation_id = _address(
+                _text(_header(headers, SPRING_REPLY_TOPIC), SPRING_REPLY_TOPIC),
+                None if raw_cid is None else spring_correlation_text(raw_cid),
+            )
+        except DecodeError as exc:
+            exc.request = Request(None, key, None, None, deadline, stream)
+            raise
+        try:
+            result = self._hook(_spring_value(value, self.value_serializer == "raw"))
+        except DecodeError as exc:
+            exc.request = Request(
+                None, key, reply_to, correlation_id, deadline, stream, partition, "spring", raw_cid
+            )
+            raise
+        return Request(result, key, reply_to, correlation_id, deadline, stream, partition, "spring", raw_cid)
 
     def decode_request(
         self, key: Optional[bytes], value: Optional[bytes], headers: Headers
@@ -440,6 +596,8 @@ class Codec:
                 ``None`` for both), so an agent can still send an error
                 reply where one can be sent.
         """
+        if any(name in (SPRING_CORRELATION_ID, SPRING_REPLY_TOPIC) for name, _ in headers):
+            return self._decode_spring_request(key, value, headers)
         deadline = _deadline_of(headers)
         stream = _stream_of(headers)
         try:
@@ -450,14 +608,16 @@ class Codec:
         else:
             header_error = None
 
+        partition = _partition_of(headers, HEADER_REPLY_PARTITION)
+
         def fail(error: DecodeError, to: Optional[str], cid: Optional[str]) -> DecodeError:
-            error.request = Request(None, key, to, cid, deadline, stream)
+            error.request = Request(None, key, to, cid, deadline, stream, partition)
             return error
 
         if self.value_serializer == "raw" or value is None:
             if header_error is not None:
                 raise fail(header_error, None, None)
-            return Request(value, key, reply_to, correlation_id, deadline, stream)
+            return Request(value, key, reply_to, correlation_id, deadline, stream, partition)
         try:
             decoded = self.loads(value)
         except DecodeError as exc:
@@ -478,7 +638,7 @@ class Codec:
             result = self._hook(decoded)
         except DecodeError as exc:
             raise fail(exc, reply_to, correlation_id) from exc.__cause__
-        return Request(result, key, reply_to, correlation_id, deadline, stream)
+        return Request(result, key, reply_to, correlation_id, deadline, stream, partition)
 
     # -- replies --------------------------------------------------------
 
@@ -491,15 +651,23 @@ class Codec:
         more: bool = False,
         end: bool = False,
         error: Optional[RemoteError] = None,
+        request: Optional[Request] = None,
     ) -> Message:
-        """Build a reply record (``@ReqRepResponse``).
+        """Build a reply record (``@ReqRepResponse``, or Spring's form).
 
         Args:
             key: the request's key, echoed in the body.
             more: further replies to the same request follow.
             end: an end-of-stream marker (value null).
             error: the handler raised; the body's value describes it.
+            request: the request answered: its wire decides the reply's
+                format (a Spring caller's reply keeps the request key as
+                its key and echoes its correlation id bytes) and its
+                ``reply_partition`` the partition.
         """
+        partition = None if request is None else request.reply_partition
+        if request is not None and request.wire == "spring":
+            return self._encode_spring_reply(request, value, more=more, end=end, error=error)
         headers: Headers = []
         if error is not None:
             value = {
@@ -520,7 +688,40 @@ class Codec:
             "correlation_id": correlation_id,
             "__faust": {"ns": NS_MODEL_RESPONSE if _is_record(value) else NS_RESPONSE},
         }
-        return Message(None, self.dumps(body), headers)
+        return Message(None, self.dumps(body), headers, partition)
+
+    def _encode_spring_reply(
+        self, request: Request, value: Any, *, more: bool, end: bool, error: Optional[RemoteError]
+    ) -> Message:
+        """A reply as a Spring ``@SendTo`` listener writes it.
+
+        The value itself (JSON; ``bytes`` pass as they are), the request's
+        key and correlation id bytes; an error also carries Spring's
+        ``kafka_exception-fqcn``/``kafka_exception-message`` headers.
+        """
+        cid = request.wire_correlation_id
+        if cid is None:
+            cid = (request.correlation_id or "").encode("utf-8")
+        headers: Headers = [(SPRING_CORRELATION_ID, cid)]
+        payload: Optional[bytes]
+        if error is not None:
+            headers += [
+                (SPRING_EXCEPTION_FQCN, error.type_name.encode("utf-8")),
+                (SPRING_EXCEPTION_MESSAGE, error.message.encode("utf-8")),
+                (HEADER_ERROR, b"1"),
+            ]
+            payload = self.dumps(
+                {"type": error.type_name, "message": error.message, "traceback": error.remote_traceback}
+            )
+        elif value is None or isinstance(value, bytes):
+            payload = value
+        else:
+            payload = self.dumps(self._jsonable(value))
+        if more:
+            headers.append((HEADER_MORE, b"1"))
+        if end:
+            headers.append((HEADER_END, b"1"))
+        return Message(request.key, payload, headers, request.reply_partition)
 
     def decode_reply_envelope(self, value: Optional[bytes], headers: Headers) -> Reply:
         """Read a reply record, leaving its value as plain JSON.
@@ -533,6 +734,8 @@ class Codec:
             DecodeError: not a ``@ReqRepResponse``-like JSON object with a
                 non-empty string correlation id, or malformed headers.
         """
+        if any(name == SPRING_CORRELATION_ID for name, _ in headers):
+            return self._decode_spring_reply(value, headers)
         if value is None:
             raise DecodeError("reply record has no value")
         body = self.loads(value)
@@ -544,6 +747,25 @@ class Codec:
         return Reply(
             cid,
             body.get("value"),
+            more=_header(headers, HEADER_MORE) is not None,
+            end=_header(headers, HEADER_END) is not None,
+        )
+
+    def _decode_spring_reply(self, value: Optional[bytes], headers: Headers) -> Reply:
+        """Read a reply from a Spring listener (see :meth:`decode_reply_envelope`)."""
+        raw_cid = _header(headers, SPRING_CORRELATION_ID)
+        cid = spring_correlation_text(raw_cid) if raw_cid else ""
+        if not cid:
+            raise DecodeError("Spring reply with an empty kafka_correlationId")
+        fqcn = _header(headers, SPRING_EXCEPTION_FQCN)
+        if fqcn is not None:
+            message = _header(headers, SPRING_EXCEPTION_MESSAGE) or b""
+            return Reply(cid, None, error=RemoteError(
+                fqcn.decode("utf-8", "replace"), message.decode("utf-8", "replace"), correlation_id=cid
+            ))
+        return Reply(
+            cid,
+            _spring_value(value, self.value_serializer == "raw"),
             more=_header(headers, HEADER_MORE) is not None,
             end=_header(headers, HEADER_END) is not None,
         )

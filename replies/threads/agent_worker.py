@@ -645,7 +645,7 @@ class AgentWorker:
             return False
         try:
             message = self.app.codec.encode_reply(
-                request.correlation_id, value, key=request.key, more=more, end=end
+                request.correlation_id, value, key=request.key, more=more, end=end, request=request
             )
         except Exception as exc:
             self.logger.warning(
@@ -670,7 +670,7 @@ class AgentWorker:
         assert request.correlation_id is not None
         try:
             message = self.app.codec.encode_reply(
-                request.correlation_id, None, key=request.key, error=remote
+                request.correlation_id, None, key=request.key, error=remote, request=request
             )
         except Exception as exc:  # the codec is not expected to fail here
             self.logger.error("cannot encode an error reply: %r", exc)

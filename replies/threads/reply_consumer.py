@@ -150,7 +150,7 @@ class ReplyConsumer:
                 f"reply topic {topic!r} does not exist: create it, or pass "
                 "reply_create_topic=True to the App"
             )
-        return transport.reply_reader(topic, timeout=timeout)
+        return transport.reply_reader(topic, timeout=timeout, partition=app.reply_partition)
 
     def _reopen_reader(self) -> Reader:
         """A new reader at the end of the reply topic, for the reply thread.
@@ -161,7 +161,9 @@ class ReplyConsumer:
         and find the topic's partitions (about ``RETRY_MAX`` seconds).
         """
         try:
-            return self.app.transport.reply_reader(self.app.reply_to, timeout=RETRY_MAX)
+            return self.app.transport.reply_reader(
+                self.app.reply_to, timeout=RETRY_MAX, partition=self.app.reply_partition
+            )
         except TransportError:
             if not self.app.reply_create_topic or self._stopping.is_set():
                 raise

@@ -184,11 +184,14 @@ class Transport(abc.ABC):
         """Whether the topic exists."""
 
     @abc.abstractmethod
-    def reply_reader(self, topic: str, timeout: float) -> Reader:
-        """A reader of every partition of ``topic``, positioned at its end.
+    def reply_reader(self, topic: str, timeout: float, *, partition: Optional[int] = None) -> Reader:
+        """A reader of every partition of ``topic`` (or only ``partition``), positioned at its end.
 
         Blocks until positioned (at most ``timeout`` s), so a record
         produced after it returns is always read.
+
+        Raises:
+            TransportError: the topic has no such partition.
         """
 
     @abc.abstractmethod

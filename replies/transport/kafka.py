@@ -454,7 +454,11 @@ class KafkaTransport(Transport):
         size = _size(message)
         try:
             sent = producer.send(
-                topic, value=message.value, key=message.key, headers=message.headers
+                topic,
+                value=message.value,
+                key=message.key,
+                headers=message.headers,
+                partition=message.partition,
             )
         except _SIZE_ERRORS as exc:
             limit = self._producer_config.get(
@@ -733,10 +737,18 @@ class KafkaTransport(Transport):
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot list topics: {exc}") from exc
 
-    def reply_reader(self, topic: str, timeout: float) -> Reader:
+    def reply_reader(self, topic: str, timeout: float, *, partition: Optional[int] = None) -> Reader:
         consumer = self._consumer()
         try:
             partitions = self._partitions(consumer, topic, timeout)
+            if partition is not None:
+                if partition not in {tp.partition for tp in partitions}:
+                    raise TransportError(
+                        f"reply topic {topic} has no partition {partition} "
+                        f"(it has {len(partitions)})",
+                        topic=topic,
+                    )
+                partitions = [kafka.TopicPartition(topic, partition)]
             consumer.assign(partitions)
             consumer.seek_to_end(*partitions)
             for tp in partitions:

@@ -196,7 +196,13 @@ class MemoryBroker:
                         cause="too_large",
                     )
             partitions = self._partitions_locked(topic)
-            if message.key is None:
+            if message.partition is not None:
+                if message.partition >= len(partitions):
+                    raise TransportError(
+                        f"topic {topic} has no partition {message.partition}", topic=topic
+                    )
+                index = message.partition
+            elif message.key is None:
                 index = next(self._round_robin) % len(partitions)
             else:
                 index = zlib.crc32(message.key) % len(partitions)
@@ -243,12 +249,15 @@ def _size(message: Message) -> int:
 
 
 class _MemoryReplyReader(Reader):
-    def __init__(self, broker: MemoryBroker, topic: str) -> None:
+    def __init__(self, broker: MemoryBroker, topic: str, partition: Optional[int] = None) -> None:
         self._broker = broker
         self._topic = topic
+        self._only = partition
         self._waker = _Waker()
         with broker.lock:
             partitions = broker._partitions_locked(topic)
+            if partition is not None and partition >= len(partitions):
+                raise TransportError(f"reply topic {topic} has no partition {partition}", topic=topic)
             self._positions = [log.end for log in partitions]
 
     def poll(self, timeout: float) -> List[Record]:
@@ -270,6 +279,8 @@ class _MemoryReplyReader(Reader):
         self._positions += [0] * (len(partitions) - len(self._positions))
         taken: List[Record] = []
         for index, log in enumerate(partitions):
+            if self._only is not None and index != self._only:
+                continue
             taken += log.read(self._positions[index], log.end)
             self._positions[index] = log.end
         return taken
@@ -432,8 +443,8 @@ class MemoryTransport(Transport):
         with self.broker.lock:
             return name in self.broker.topics
 
-    def reply_reader(self, topic: str, timeout: float) -> Reader:
-        return _MemoryReplyReader(self.broker, topic)
+    def reply_reader(self, topic: str, timeout: float, *, partition: Optional[int] = None) -> Reader:
+        return _MemoryReplyReader(self.broker, topic, partition)
 
     def group_reader(
         self, topic: str, group_id: str, *, on_revoke: RevokeCallback, max_records: int
