@@ -1,0 +1,490 @@
+"""What an App counts, and who hears of it: figures, listeners, stats().
+
+Theory of operation
+-------------------
+One :class:`Observer` per App. The asking side reports each request twice:
+when it is sent (:meth:`Observer.watch` for one request, or a
+:class:`CountedBarrier` for ``map``/``join``) and when it settles, through
+a done-callback on its promise (or the barrier's ``fulfill``/``reject`` for
+each reply and its done-callback for the requests left unanswered). Every
+request settles exactly once, as one of: a reply (``replies``, of which
+``error_replies`` were the agent's errors), a timeout, a cancellation, a
+close of the App (``closed``), a failure to send (``send_errors``), or a
+reply that could not be decoded (``undecodable``); ``pending`` is what has
+not settled yet. Counting is a ``next()`` on an :func:`itertools.count`
+(see :mod:`replies.observe.metrics`): no lock on the hot path.
+
+Listeners are called synchronously on the thread where the event happens
+(see :class:`Listener`); an exception from one is logged and swallowed.
+The listener set is an immutable tuple replaced under ``_lock``, so the hot
+path reads it without locking.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import CancelledError, Future
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+from replies.core.promise import BarrierState, ReplyPromise
+from replies.errors import (
+    ClosedError,
+    DecodeError,
+    RemoteError,
+    ReplyConsumerError,
+    ReplyTimeoutError,
+)
+from replies.observe.context import RequestInfo
+from replies.observe.metrics import Counter, LatencyWindow, _percentile
+
+if TYPE_CHECKING:
+    from replies.app import App
+
+__all__ = ["Observer", "Listener", "TopicFigures", "AgentFigures", "CountedBarrier"]
+
+logger = logging.getLogger("replies.ask")
+_listener_logger = logging.getLogger("replies.listeners")
+
+# A cancel this close to the deadline is the caller's wait running out: a
+# timeout, not a change of mind.
+_TIMEOUT_SLACK = 0.01
+
+EVENTS = ("on_request_sent", "on_reply", "on_error_reply", "on_timeout", "on_request_handled")
+
+
+class Listener:
+    """Callbacks on request events; subclass it and override what you need.
+
+    Attach one with :meth:`App.add_listener` (any object with some of these
+    methods will do; it need not subclass this). Each method runs
+    synchronously on the thread where the event happens, so keep it quick
+    and never wait for a reply in it; an exception it raises is logged
+    (logger ``replies.listeners``) and never reaches the library.
+    """
+
+    def on_request_sent(self, topic: str, correlation_id: str) -> None:
+        """A request was handed to the producer (on the asking thread)."""
+
+    def on_reply(self, topic: str, correlation_id: str, seconds: float) -> None:
+        """A reply arrived (on the reply thread).
+
+        ``seconds`` is the time since the request was sent; for the
+        requests of a ``map``/``join``, since the batch began sending.
+        """
+
+    def on_error_reply(self, topic: str, correlation_id: str, error: RemoteError) -> None:
+        """The agent answered with an error (on the reply thread)."""
+
+    def on_timeout(self, topic: str, correlation_id: str, timeout: Optional[float]) -> None:
+        """No reply came within ``timeout`` seconds (on the reply thread, or
+        the waiting thread when its own wait ran out)."""
+
+    def on_request_handled(
+        self, agent: str, request: RequestInfo, seconds: float, error: Optional[BaseException]
+    ) -> None:
+        """An agent's handler finished a request (on the handler's thread).
+
+        ``error`` is what the handler raised (an error reply was sent), or
+        None.
+        """
+
+
+class TopicFigures:
+    """The asking side's counts for one request topic.
+
+    Attributes are :class:`Counter` objects (``sent``, ``replies``,
+    ``error_replies``, ``timeouts``, ``cancelled``, ``closed``,
+    ``send_errors``, ``undecodable``) and ``ask_seconds``, a
+    :class:`LatencyWindow` of single requests' round trips.
+    """
+
+    __slots__ = (
+        "topic",
+        "sent",
+        "replies",
+        "error_replies",
+        "timeouts",
+        "cancelled",
+        "closed",
+        "send_errors",
+        "undecodable",
+        "ask_seconds",
+    )
+
+    COUNTS = (
+        "sent",
+        "replies",
+        "error_replies",
+        "timeouts",
+        "cancelled",
+        "closed",
+        "send_errors",
+        "undecodable",
+    )
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.sent = Counter()
+        self.replies = Counter()
+        self.error_replies = Counter()
+        self.timeouts = Counter()
+        self.cancelled = Counter()
+        self.closed = Counter()
+        self.send_errors = Counter()
+        self.undecodable = Counter()
+        self.ask_seconds = LatencyWindow()
+
+    def counts(self) -> Dict[str, int]:
+        """The counts, with ``pending`` (sent and not settled yet)."""
+        figures = {name: getattr(self, name).value for name in self.COUNTS}
+        # Read `sent` last: a request settles only after it was counted
+        # sent, so this never goes negative under concurrent updates.
+        settled = sum(figures[n] for n in self.COUNTS[1:] if n != "error_replies")
+        figures["sent"] = self.sent.value
+        figures["pending"] = max(0, figures["sent"] - settled)
+        return figures
+
+
+class AgentFigures:
+    """A served agent's counts kept by this module (the worker keeps the
+    rest): handler time, casts served, requests in the handler now."""
+
+    __slots__ = ("agent", "handler_seconds", "casts", "_in_handler", "_left_handler")
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+        self.handler_seconds = LatencyWindow()
+        self.casts = Counter()
+        self._in_handler = Counter()
+        self._left_handler = Counter()
+
+    def entered(self) -> None:
+        """A handler call starts."""
+        self._in_handler.inc()
+
+    def left(self, seconds: float) -> None:
+        """A handler call ended after ``seconds``."""
+        self.handler_seconds.record(seconds)
+        self._left_handler.inc()
+
+    @property
+    def in_handler(self) -> int:
+        """Handler calls running now."""
+        left = self._left_handler.value
+        return max(0, self._in_handler.value - left)
+
+
+class Observer:
+    """Counts an App's requests and tells its listeners.
+
+    Threading model: every method may be called from any thread; see the
+    module's theory of operation. ``_lock`` guards the creation of figures
+    and the replacement of the listener tuples, never the counting.
+    """
+
+    def __init__(self) -> None:
+        # Guards creating entries of `_topics`/`_agents` and replacing the
+        # listener tuples; lookups of existing entries and counting do not
+        # take it.
+        self._lock = threading.Lock()
+        self._topics: Dict[str, TopicFigures] = {}
+        self._agents: Dict[str, AgentFigures] = {}
+        self._listeners: Tuple[object, ...] = ()
+        self.on_request_sent: Tuple[Callable[..., Any], ...] = ()
+        self.on_reply: Tuple[Callable[..., Any], ...] = ()
+        self.on_error_reply: Tuple[Callable[..., Any], ...] = ()
+        self.on_timeout: Tuple[Callable[..., Any], ...] = ()
+        self.on_request_handled: Tuple[Callable[..., Any], ...] = ()
+
+    # -- listeners ----------------------------------------------------------
+
+    def add_listener(self, listener: object) -> None:
+        """Attach a listener (see :class:`Listener`). Idempotent."""
+        with self._lock:
+            if listener not in self._listeners:
+                self._set_listeners_locked(self._listeners + (listener,))
+
+    def remove_listener(self, listener: object) -> None:
+        """Detach a listener; unknown ones are ignored."""
+        with self._lock:
+            self._set_listeners_locked(tuple(x for x in self._listeners if x is not listener))
+
+    def _set_listeners_locked(self, listeners: Tuple[object, ...]) -> None:
+        self._listeners = listeners
+        for event in EVENTS:
+            methods = tuple(
+                m for m in (getattr(x, event, None) for x in listeners) if callable(m)
+            )
+            setattr(self, event, methods)
+
+    @staticmethod
+    def emit(methods: Tuple[Callable[..., Any], ...], *args: Any) -> None:
+        """Call each listener method; log what one raises, never raise."""
+        for method in methods:
+            try:
+                method(*args)
+            except Exception:
+                _listener_logger.exception("listener %r raised", method)
+
+    # -- figures ------------------------------------------------------------
+
+    def topic(self, topic: str) -> TopicFigures:
+        """The figures of a request topic (made on first use)."""
+        figures = self._topics.get(topic)
+        if figures is None:
+            with self._lock:
+                figures = self._topics.setdefault(topic, TopicFigures(topic))
+        return figures
+
+    def agent(self, agent: str) -> AgentFigures:
+        """The figures of a served agent (made on first use)."""
+        figures = self._agents.get(agent)
+        if figures is None:
+            with self._lock:
+                figures = self._agents.setdefault(agent, AgentFigures(agent))
+        return figures
+
+    # -- the asking side ----------------------------------------------------
+
+    def watch(self, figures: TopicFigures, promise: ReplyPromise) -> None:
+        """Count one request about to be sent and follow its promise."""
+        figures.sent.inc()
+        promise.add_done_callback(
+            functools.partial(self._settled, figures, time.perf_counter())
+        )
+
+    def sent(self, topic: str, correlation_id: str) -> None:
+        """A request left (listeners and the debug log)."""
+        if self.on_request_sent:
+            self.emit(self.on_request_sent, topic, correlation_id)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("sent request %s to %s", correlation_id, topic)
+
+    def _settled(self, figures: TopicFigures, started: float, promise: "Future[Any]") -> None:
+        seconds = time.perf_counter() - started
+        assert isinstance(promise, ReplyPromise)
+        try:
+            error = Future.exception(promise, 0)
+        except CancelledError:
+            if promise.deadline is not None and time.monotonic() >= promise.deadline - _TIMEOUT_SLACK:
+                error = promise.timeout_error(promise.timeout)
+            else:
+                figures.cancelled.inc()
+                return
+        if error is None:
+            figures.replies.inc()
+            figures.ask_seconds.record(seconds)
+            if self.on_reply:
+                self.emit(self.on_reply, figures.topic, promise.correlation_id, seconds)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "answered %s from %s in %.1f ms",
+                    promise.correlation_id,
+                    figures.topic,
+                    seconds * 1e3,
+                )
+            return
+        if isinstance(error, RemoteError):
+            figures.ask_seconds.record(seconds)
+        self.failed(figures, promise.correlation_id, error, promise.timeout, seconds)
+
+    def failed(
+        self,
+        figures: TopicFigures,
+        correlation_id: str,
+        error: BaseException,
+        timeout: Optional[float],
+        seconds: float,
+    ) -> None:
+        """Count a request that ended with ``error``."""
+        topic = figures.topic
+        if isinstance(error, RemoteError):
+            figures.replies.inc()
+            figures.error_replies.inc()
+            if self.on_error_reply:
+                self.emit(self.on_error_reply, topic, correlation_id, error)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "error reply to %s from %s in %.1f ms: %s",
+                    correlation_id,
+                    topic,
+                    seconds * 1e3,
+                    error,
+                )
+        elif isinstance(error, ReplyTimeoutError):
+            figures.timeouts.inc()
+            if self.on_timeout:
+                self.emit(self.on_timeout, topic, correlation_id, timeout)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("timed out: %s to %s after %s s", correlation_id, topic, timeout)
+        elif isinstance(error, (ClosedError, ReplyConsumerError)):
+            figures.closed.inc()
+        elif isinstance(error, DecodeError):
+            figures.undecodable.inc()
+        else:
+            figures.send_errors.inc()
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("request %s to %s failed: %r", correlation_id, topic, error)
+
+    # -- the snapshot -------------------------------------------------------
+
+    def stats(self, app: "App", *, lag: bool = False) -> Dict[str, Any]:
+        """The figures as plain data; see :meth:`App.stats`."""
+        with self._lock:
+            topics = list(self._topics.values())
+        by_topic: Dict[str, Dict[str, Any]] = {}
+        total: Dict[str, Any] = {name: 0 for name in TopicFigures.COUNTS}
+        total["pending"] = 0
+        samples: List[float] = []
+        count = 0
+        for figures in topics:
+            entry: Dict[str, Any] = dict(figures.counts())
+            entry["ask_seconds"] = figures.ask_seconds.snapshot()
+            by_topic[figures.topic] = entry
+            for name, value in entry.items():
+                if name != "ask_seconds":
+                    total[name] += value
+            count += figures.ask_seconds.count
+            samples += figures.ask_seconds.samples()
+        samples.sort()
+        total["ask_seconds"] = {
+            "count": count,
+            "p50": _percentile(samples, 0.5),
+            "p99": _percentile(samples, 0.99),
+            "max": samples[-1] if samples else None,
+        }
+        consumer = app.reply_consumer
+        table = getattr(consumer, "table", None)
+        total["dropped_replies"] = int(getattr(table, "unknown", 0))
+        total["undecodable_replies"] = int(getattr(consumer, "undecodable", 0))
+        return {
+            "app": app.id,
+            "asking": {"total": total, "topics": by_topic},
+            "serving": self._serving(app, lag),
+        }
+
+    def _serving(self, app: "App", lag: bool) -> Dict[str, Dict[str, Any]]:
+        serving: Dict[str, Dict[str, Any]] = {}
+        for worker in list(getattr(app, "_workers", ())):
+            name = worker.agent.name
+            figures = self.agent(name)
+            entry: Dict[str, Any] = {"topic": worker.agent.topic_name}
+            for counter in WORKER_COUNTS:
+                entry[counter] = int(getattr(worker, counter, 0))
+            entry["casts"] = figures.casts.value
+            entry["in_flight"] = int(getattr(worker, "_in_flight", figures.in_handler))
+            entry["handler_seconds"] = figures.handler_seconds.snapshot()
+            entry["lag"] = _lag(app, worker) if lag else None
+            serving[name] = entry
+        return serving
+
+
+#: The per-agent counts an AgentWorker keeps as plain ints.
+WORKER_COUNTS = (
+    "handled",
+    "error_replies",
+    "skipped_expired",
+    "skipped_undecodable",
+    "reply_failures",
+    "dead_lettered",
+)
+
+
+def _lag(app: "App", worker: Any) -> Optional[int]:
+    """The agent's consumer group lag on its topic (admin round trips)."""
+    try:
+        readers = app.transport.describe_readers(worker.agent.topic_name)
+    except Exception as exc:  # a broker that cannot say: unknown, not fatal
+        logger.debug("no lag for %s: %r", worker.agent.name, exc)
+        return None
+    if readers is None:
+        return None
+    for group in readers.groups:
+        if group.group_id == worker.agent.group_id:
+            return group.lag
+    return None
+
+
+class CountedBarrier(BarrierState):
+    """A :class:`BarrierState` that counts each of its requests' outcomes.
+
+    Replies and error replies are counted as they arrive; the requests
+    still unanswered when the barrier ends are counted by how it ended
+    (timed out, cancelled, closed).
+    """
+
+    def __init__(
+        self,
+        observer: Observer,
+        figures: TopicFigures,
+        reply_to: str,
+        *,
+        timeout: Optional[float] = None,
+    ) -> None:
+        super().__init__(reply_to, timeout=timeout, topic=figures.topic)
+        self._observer = observer
+        self._figures = figures
+        self._started = time.perf_counter()
+        self.add_done_callback(self._on_finished)
+
+    def fulfill(self, correlation_id: str, value: Any) -> bool:
+        if not super().fulfill(correlation_id, value):
+            return False
+        self._figures.replies.inc()
+        observer = self._observer
+        if observer.on_reply:
+            observer.emit(
+                observer.on_reply,
+                self._figures.topic,
+                correlation_id,
+                time.perf_counter() - self._started,
+            )
+        return True
+
+    def reject(self, correlation_id: str, error: BaseException) -> bool:
+        if not super().reject(correlation_id, error):
+            return False
+        self._observer.failed(
+            self._figures,
+            correlation_id,
+            error,
+            self.timeout,
+            time.perf_counter() - self._started,
+        )
+        return True
+
+    def _on_finished(self, _: "Future[Any]") -> None:
+        with self._lock:
+            unanswered = list(self._unanswered)
+        if not unanswered:
+            return
+        figures = self._figures
+        try:
+            error = Future.exception(self, 0)
+        except CancelledError:
+            if self.deadline is not None and time.monotonic() >= self.deadline - _TIMEOUT_SLACK:
+                error = self.timeout_error(self.timeout)
+            else:
+                figures.cancelled.add(len(unanswered))
+                return
+        if isinstance(error, ReplyTimeoutError):
+            figures.timeouts.add(len(unanswered))
+            observer = self._observer
+            if observer.on_timeout:
+                for cid in unanswered:
+                    observer.emit(observer.on_timeout, figures.topic, cid, self.timeout)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "timed out: %d of %d requests to %s after %s s",
+                    len(unanswered),
+                    self.size,
+                    figures.topic,
+                    self.timeout,
+                )
+        elif isinstance(error, (ClosedError, ReplyConsumerError)):
+            figures.closed.add(len(unanswered))
+        else:
+            figures.send_errors.add(len(unanswered))
