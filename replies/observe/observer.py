@@ -22,11 +22,10 @@ path reads it without locking.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from replies.core.promise import BarrierState, ReplyPromise
@@ -92,6 +91,47 @@ class Listener:
         """
 
 
+# How a request settled.
+REPLY = "reply"
+ERROR_REPLY = "error_reply"
+TIMEOUT = "timeout"
+CANCELLED = "cancelled"
+CLOSED = "closed"
+SEND_ERROR = "send_error"
+UNDECODABLE = "undecodable"
+
+# The counters of each way to settle.
+_COUNTERS_OF = {
+    REPLY: ("replies",),
+    ERROR_REPLY: ("replies", "error_replies"),
+    TIMEOUT: ("timeouts",),
+    CANCELLED: ("cancelled",),
+    CLOSED: ("closed",),
+    SEND_ERROR: ("send_errors",),
+    UNDECODABLE: ("undecodable",),
+}
+
+
+def classify(promise: ReplyPromise, error: Optional[BaseException], cancelled: bool) -> str:
+    """How a request settled, from how its promise completed."""
+    if cancelled:
+        deadline = promise.deadline
+        if deadline is not None and time.monotonic() >= deadline - _TIMEOUT_SLACK:
+            return TIMEOUT  # the caller's own wait ran out
+        return CANCELLED
+    if error is None:
+        return REPLY
+    if isinstance(error, RemoteError):
+        return ERROR_REPLY
+    if isinstance(error, ReplyTimeoutError):
+        return TIMEOUT
+    if isinstance(error, (ClosedError, ReplyConsumerError)):
+        return CLOSED
+    if isinstance(error, DecodeError):
+        return UNDECODABLE
+    return SEND_ERROR
+
+
 class TopicFigures:
     """The asking side's counts for one request topic.
 
@@ -136,6 +176,15 @@ class TopicFigures:
         self.send_errors = Counter()
         self.undecodable = Counter()
         self.ask_seconds = LatencyWindow()
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """Count ``n`` requests that settled as ``kind`` (see :func:`classify`)."""
+        if n == 1:
+            for name in _COUNTERS_OF[kind]:
+                getattr(self, name).inc()
+        else:
+            for name in _COUNTERS_OF[kind]:
+                getattr(self, name).add(n)
 
     def counts(self) -> Dict[str, int]:
         """The counts, with ``pending`` (sent and not settled yet)."""
@@ -198,6 +247,9 @@ class Observer:
         self.on_error_reply: Tuple[Callable[..., Any], ...] = ()
         self.on_timeout: Tuple[Callable[..., Any], ...] = ()
         self.on_request_handled: Tuple[Callable[..., Any], ...] = ()
+        # Bound once: the hot path then makes no bound-method objects.
+        self._settle_hook = self._settle
+        self._announce_hook = self._announce
 
     # -- listeners ----------------------------------------------------------
 
@@ -252,9 +304,13 @@ class Observer:
     def watch(self, figures: TopicFigures, promise: ReplyPromise) -> None:
         """Count one request about to be sent and follow its promise."""
         figures.sent.inc()
-        promise.add_done_callback(
-            functools.partial(self._settled, figures, time.perf_counter())
-        )
+        promise._obs_figures = figures  # type: ignore[attr-defined]
+        promise._obs_started = time.perf_counter()  # type: ignore[attr-defined]
+        promise.settle_hook = self._settle_hook
+        if self.on_reply or self.on_error_reply or self.on_timeout or logger.isEnabledFor(
+            logging.DEBUG
+        ):
+            promise.add_done_callback(self._announce_hook)
 
     def sent(self, topic: str, correlation_id: str) -> None:
         """A request left (listeners and the debug log)."""
@@ -263,47 +319,44 @@ class Observer:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("sent request %s to %s", correlation_id, topic)
 
-    def _settled(self, figures: TopicFigures, started: float, promise: "Future[Any]") -> None:
-        seconds = time.perf_counter() - started
-        assert isinstance(promise, ReplyPromise)
-        try:
-            error = Future.exception(promise, 0)
-        except CancelledError:
-            if promise.deadline is not None and time.monotonic() >= promise.deadline - _TIMEOUT_SLACK:
-                error = promise.timeout_error(promise.timeout)
-            else:
-                figures.cancelled.inc()
-                return
-        if error is None:
-            figures.replies.inc()
-            figures.ask_seconds.record(seconds)
-            if self.on_reply:
-                self.emit(self.on_reply, figures.topic, promise.correlation_id, seconds)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "answered %s from %s in %.1f ms",
-                    promise.correlation_id,
-                    figures.topic,
-                    seconds * 1e3,
-                )
-            return
-        if isinstance(error, RemoteError):
-            figures.ask_seconds.record(seconds)
-        self.failed(figures, promise.correlation_id, error, promise.timeout, seconds)
-
-    def failed(
-        self,
-        figures: TopicFigures,
-        correlation_id: str,
-        error: BaseException,
-        timeout: Optional[float],
-        seconds: float,
+    def _settle(
+        self, promise: ReplyPromise, error: Optional[BaseException], cancelled: bool
     ) -> None:
-        """Count a request that ended with ``error``."""
-        topic = figures.topic
-        if isinstance(error, RemoteError):
-            figures.replies.inc()
-            figures.error_replies.inc()
+        # The settle hook of a watched promise: count, before waiters wake.
+        figures: TopicFigures = promise._obs_figures  # type: ignore[attr-defined]
+        seconds = time.perf_counter() - promise._obs_started  # type: ignore[attr-defined]
+        kind = classify(promise, error, cancelled)
+        figures.count(kind)
+        if kind == REPLY or kind == ERROR_REPLY:
+            figures.ask_seconds.record(seconds)
+        promise._obs_outcome = (kind, seconds, error)  # type: ignore[attr-defined]
+
+    def _announce(self, promise: "Future[Any]") -> None:
+        # The done-callback of a watched promise: listeners and logs.
+        outcome = getattr(promise, "_obs_outcome", None)
+        if outcome is None:
+            return
+        kind, seconds, error = outcome
+        assert isinstance(promise, ReplyPromise)
+        figures: TopicFigures = promise._obs_figures  # type: ignore[attr-defined]
+        self.announce(figures.topic, promise.correlation_id, kind, seconds, error, promise.timeout)
+
+    def announce(
+        self,
+        topic: str,
+        correlation_id: str,
+        kind: str,
+        seconds: float,
+        error: Optional[BaseException],
+        timeout: Optional[float],
+    ) -> None:
+        """Tell listeners and the debug log how a request settled."""
+        if kind == REPLY:
+            if self.on_reply:
+                self.emit(self.on_reply, topic, correlation_id, seconds)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("answered %s from %s in %.1f ms", correlation_id, topic, seconds * 1e3)
+        elif kind == ERROR_REPLY:
             if self.on_error_reply:
                 self.emit(self.on_error_reply, topic, correlation_id, error)
             if logger.isEnabledFor(logging.DEBUG):
@@ -314,20 +367,13 @@ class Observer:
                     seconds * 1e3,
                     error,
                 )
-        elif isinstance(error, ReplyTimeoutError):
-            figures.timeouts.inc()
+        elif kind == TIMEOUT:
             if self.on_timeout:
                 self.emit(self.on_timeout, topic, correlation_id, timeout)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("timed out: %s to %s after %s s", correlation_id, topic, timeout)
-        elif isinstance(error, (ClosedError, ReplyConsumerError)):
-            figures.closed.inc()
-        elif isinstance(error, DecodeError):
-            figures.undecodable.inc()
-        else:
-            figures.send_errors.inc()
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("request %s to %s failed: %r", correlation_id, topic, error)
+        elif logger.isEnabledFor(logging.DEBUG):
+            logger.debug("request %s to %s ended: %s %r", correlation_id, topic, kind, error)
 
     # -- the snapshot -------------------------------------------------------
 
@@ -411,9 +457,11 @@ def _lag(app: "App", worker: Any) -> Optional[int]:
 class CountedBarrier(BarrierState):
     """A :class:`BarrierState` that counts each of its requests' outcomes.
 
-    Replies and error replies are counted as they arrive; the requests
-    still unanswered when the barrier ends are counted by how it ended
-    (timed out, cancelled, closed).
+    Replies and error replies are counted as each is buffered (under the
+    barrier's lock, so before the barrier can complete); the requests still
+    unanswered when the barrier ends are counted by how it ended (timed
+    out, cancelled, closed) by its settle hook, which also stops further
+    replies from being buffered so none is counted twice.
     """
 
     def __init__(
@@ -428,63 +476,69 @@ class CountedBarrier(BarrierState):
         self._observer = observer
         self._figures = figures
         self._started = time.perf_counter()
-        self.add_done_callback(self._on_finished)
+        # Under `_lock` (the base class's): set once the end was counted.
+        self._settled = False
+        self._ending: Tuple[str, List[str]] = (REPLY, [])
+        self.settle_hook = self._on_settle
+        if observer.on_timeout or logger.isEnabledFor(logging.DEBUG):
+            self.add_done_callback(self._on_finished)
+
+    def _put_locked(self, entry: Any) -> bool:
+        if self._settled or not super()._put_locked(entry):
+            return False
+        error = getattr(entry, "error", None)
+        self._figures.count(REPLY if error is None else classify(self, error, False))
+        return True
 
     def fulfill(self, correlation_id: str, value: Any) -> bool:
         if not super().fulfill(correlation_id, value):
             return False
-        self._figures.replies.inc()
-        observer = self._observer
-        if observer.on_reply:
-            observer.emit(
-                observer.on_reply,
-                self._figures.topic,
-                correlation_id,
-                time.perf_counter() - self._started,
-            )
+        self._tell(correlation_id, REPLY, None)
         return True
 
     def reject(self, correlation_id: str, error: BaseException) -> bool:
         if not super().reject(correlation_id, error):
             return False
-        self._observer.failed(
-            self._figures,
-            correlation_id,
-            error,
-            self.timeout,
-            time.perf_counter() - self._started,
-        )
+        self._tell(correlation_id, classify(self, error, False), error)
         return True
 
-    def _on_finished(self, _: "Future[Any]") -> None:
+    def _tell(self, correlation_id: str, kind: str, error: Optional[BaseException]) -> None:
+        observer = self._observer
+        if observer.on_reply or observer.on_error_reply or logger.isEnabledFor(logging.DEBUG):
+            observer.announce(
+                self._figures.topic,
+                correlation_id,
+                kind,
+                time.perf_counter() - self._started,
+                error,
+                self.timeout,
+            )
+
+    def _on_settle(
+        self, promise: ReplyPromise, error: Optional[BaseException], cancelled: bool
+    ) -> None:
+        # Under the future's condition (then `_lock`: the documented order).
         with self._lock:
+            self._settled = True
             unanswered = list(self._unanswered)
-        if not unanswered:
+        if unanswered:
+            kind = classify(self, error, cancelled)
+            self._figures.count(kind, len(unanswered))
+            self._ending = (kind, unanswered)
+
+    def _on_finished(self, _: "Future[Any]") -> None:
+        kind, unanswered = self._ending
+        if kind != TIMEOUT:
             return
-        figures = self._figures
-        try:
-            error = Future.exception(self, 0)
-        except CancelledError:
-            if self.deadline is not None and time.monotonic() >= self.deadline - _TIMEOUT_SLACK:
-                error = self.timeout_error(self.timeout)
-            else:
-                figures.cancelled.add(len(unanswered))
-                return
-        if isinstance(error, ReplyTimeoutError):
-            figures.timeouts.add(len(unanswered))
-            observer = self._observer
-            if observer.on_timeout:
-                for cid in unanswered:
-                    observer.emit(observer.on_timeout, figures.topic, cid, self.timeout)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "timed out: %d of %d requests to %s after %s s",
-                    len(unanswered),
-                    self.size,
-                    figures.topic,
-                    self.timeout,
-                )
-        elif isinstance(error, (ClosedError, ReplyConsumerError)):
-            figures.closed.add(len(unanswered))
-        else:
-            figures.send_errors.add(len(unanswered))
+        observer = self._observer
+        if observer.on_timeout:
+            for cid in unanswered:
+                observer.emit(observer.on_timeout, self._figures.topic, cid, self.timeout)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "timed out: %d of %d requests to %s after %s s",
+                len(unanswered),
+                self.size,
+                self._figures.topic,
+                self.timeout,
+            )
