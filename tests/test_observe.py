@@ -266,3 +266,251 @@ def test_without_opentelemetry_in_use_nothing_optional_is_imported() -> None:
     assert "replies.observe.observer" in loaded  # the counting did run
     optional = [m for m in loaded if m.split(".")[0] in ("opentelemetry", "prometheus_client")]
     assert optional == []
+
+
+# -- the serving side ---------------------------------------------------------------
+
+
+def test_stats_count_what_an_agent_served(make_app: MakeApp) -> None:
+    app, work, _ = _served(make_app)
+    for i in range(2):
+        assert work.ask(i) == i
+    with pytest.raises(replies.RemoteError):
+        work.ask("bad")
+    work.cast("no reply").result(20)
+    # A request whose caller stopped waiting before it was read.
+    stale = app.codec.encode_request(
+        "stale", reply_to=app.reply_to, correlation_id="stale-1", deadline=time.time() - 1
+    )
+    app.transport.produce(work.topic_name, stale).result(20)
+    # A request that cannot be decoded and names no reply address.
+    from replies.core.codec import Message
+
+    app.transport.produce(work.topic_name, Message(None, b"\xff{", [])).result(20)
+
+    def served() -> Dict[str, Any]:
+        figures: Dict[str, Any] = app.stats()["serving"]["work"]
+        return figures
+
+    _wait_for(
+        lambda: served()["handled"] == 4
+        and served()["skipped_expired"] == 1
+        and served()["skipped_undecodable"] == 1
+    )
+    figures = served()
+    assert figures["topic"] == work.topic_name
+    assert figures["error_replies"] == 1
+    assert figures["casts"] == 1
+    assert figures["in_flight"] == 0
+    handler = figures["handler_seconds"]
+    assert handler["count"] == 4
+    assert 0 <= handler["p50"] <= handler["p99"] <= handler["max"] < 20
+    assert figures["lag"] is None
+
+
+def test_stats_report_the_lag_of_a_served_agent_on_request(make_app: MakeApp) -> None:
+    app, work, _ = _served(make_app)
+    assert work.join(range(3)) == [0, 1, 2]
+    _wait_for(lambda: app.stats(lag=True)["serving"]["work"]["lag"] == 0)
+
+
+def test_a_handler_reads_its_request_with_current_request(make_app: MakeApp) -> None:
+    app = make_app("ctx")
+
+    @app.agent()
+    def meta(value: Any) -> Dict[str, Any]:
+        request = replies.current_request()
+        assert request is not None
+        return {
+            "agent": request.agent,
+            "topic": request.topic,
+            "partition": request.partition,
+            "offset": request.offset,
+            "key": request.key.decode() if request.key else None,
+            "correlation_id": request.correlation_id,
+            "header_cid": (request.header("Faust-Ag-CorrelationId") or b"").decode(),
+            "reply_to": request.reply_to,
+            "deadline": request.deadline,
+        }
+
+    app.start()
+    app.serve()
+    assert replies.current_request() is None
+    before = time.time()
+    promise = meta.ask_nowait("x", key="k1", timeout=20)
+    got = promise.result(20)
+    assert got["agent"] == "meta" and got["topic"] == meta.topic_name
+    assert isinstance(got["partition"], int) and isinstance(got["offset"], int)
+    assert got["key"] == "k1"
+    assert got["correlation_id"] == got["header_cid"] == promise.correlation_id
+    assert got["reply_to"] == app.reply_to
+    assert before + 19 < got["deadline"] < time.time() + 21
+    assert replies.current_request() is None
+
+
+def test_listeners_hear_each_handled_request(make_app: MakeApp) -> None:
+    app, work, _ = _served(make_app)
+    handled: List[Tuple[str, Any, Optional[str]]] = []
+
+    class Handled:
+        def on_request_handled(
+            self, agent: str, request: replies.RequestInfo, seconds: float, error: Any
+        ) -> None:
+            assert seconds >= 0
+            handled.append((agent, request.correlation_id, type(error).__name__ if error else None))
+
+    app.add_listener(Handled())
+    promise = work.ask_nowait(1)
+    assert promise.result(20) == 1
+    with pytest.raises(replies.RemoteError):
+        work.ask("bad")
+    _wait_for(lambda: len(handled) == 2)
+    assert handled[0] == ("work", promise.correlation_id, None)
+    assert handled[1][0] == "work" and handled[1][2] == "ValueError"
+
+
+# -- Prometheus ---------------------------------------------------------------------
+
+
+def test_prometheus_exposes_the_same_figures(make_app: MakeApp) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from replies.observe.prometheus import register
+
+    app, work, _ = _served(make_app)
+    registry = prometheus_client.CollectorRegistry()
+    register(app, registry)
+    assert work.join(range(3)) == [0, 1, 2]
+    with pytest.raises(replies.RemoteError):
+        work.ask("bad")
+    _wait_for(lambda: app.stats()["serving"]["work"]["handled"] == 4)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = prometheus_client.generate_latest(registry).decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    asked = {"app": app.id, "topic": work.topic_name}
+    assert value("replies_ask_requests_total", **asked) == 4
+    assert value("replies_ask_replies_total", **asked) == 4
+    assert value("replies_ask_error_replies_total", **asked) == 1
+    assert value("replies_ask_timeouts_total", **asked) == 0
+    assert value("replies_ask_pending", **asked) == 0
+    assert value("replies_ask_latency_observations_total", **asked) == 1
+    p99 = value("replies_ask_latency_seconds", quantile="0.99", **asked)
+    assert p99 == app.stats()["asking"]["topics"][work.topic_name]["ask_seconds"]["p99"]
+    served = {"app": app.id, "agent": "work"}
+    assert value("replies_agent_handled_total", **served) == 4
+    assert value("replies_agent_error_replies_total", **served) == 1
+    assert value("replies_agent_in_flight", **served) == 0
+    assert value("replies_agent_handler_latency_observations_total", **served) == 4
+    assert value("replies_agent_handler_latency_seconds", quantile="1", **served) > 0
+    assert value("replies_dropped_replies_total", app=app.id) == 0
+
+
+# -- OpenTelemetry ------------------------------------------------------------------
+
+TRACED = r'''
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import replies
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+tracer = trace.get_tracer("test")
+
+app = replies.App(sys.argv[2], broker=sys.argv[1], topic_partitions=2, **json.loads(sys.argv[3]))
+inside = {}
+
+@app.agent(concurrency=2)
+def traced(value):
+    with tracer.start_as_current_span("inside the handler") as span:
+        inside[value] = format(span.get_span_context().trace_id, "032x")
+    return value
+
+with app:
+    app.serve()
+    replies_seen = app.transport.reply_reader(app.reply_to, timeout=20)
+    with tracer.start_as_current_span("caller"):
+        assert traced.ask(1, timeout=20) == 1
+    with tracer.start_as_current_span("batch caller"):
+        assert traced.join([2, 3], timeout=20) == [2, 3]
+    headers = []
+    while len(headers) < 3:
+        for record in replies_seen.poll(1.0):
+            headers.append({k: v.decode() for k, v in record.headers if k == "traceparent"})
+    replies_seen.close()
+provider.force_flush()
+spans = [
+    {
+        "name": s.name,
+        "kind": s.kind.name,
+        "trace": format(s.context.trace_id, "032x"),
+        "id": format(s.context.span_id, "016x"),
+        "parent": format(s.parent.span_id, "016x") if s.parent else None,
+        "status": s.status.status_code.name,
+    }
+    for s in exporter.get_finished_spans()
+]
+print(json.dumps({"spans": spans, "inside": inside, "reply_headers": headers}))
+'''
+
+
+def test_one_trace_from_the_callers_span_to_the_handler_and_back(
+    broker_url: str, client_settings: Dict[str, Any]
+) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    app_id = f"tr{os.urandom(4).hex()}"
+    proc = subprocess.run(
+        [sys.executable, "-c", TRACED, broker_url, app_id, json.dumps(client_settings)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    spans = {(s["name"], s["trace"]): s for s in out["spans"]}
+    topic = f"{app_id}-traced"
+
+    def one(name: str, trace_id: Optional[str] = None) -> Dict[str, Any]:
+        found = [s for s in out["spans"] if s["name"] == name and trace_id in (None, s["trace"])]
+        assert len(found) == 1, (name, out["spans"])
+        return found[0]
+
+    # ask: caller -> CLIENT span -> SERVER span -> the handler's own span.
+    caller = one("caller")
+    trace_id = caller["trace"]
+    client = one(f"ask {topic}", trace_id)
+    server = one(f"process {topic}", trace_id)
+    assert client["kind"] == "CLIENT" and client["parent"] == caller["id"]
+    assert server["kind"] == "SERVER" and server["parent"] == client["id"]
+    handler = one("inside the handler", trace_id)
+    assert handler["parent"] == server["id"]
+    assert out["inside"]["1"] == trace_id
+    # The reply carries the server span's context back.
+    reply_parents = [h["traceparent"].split("-") for h in out["reply_headers"]]
+    assert [trace_id, server["id"]] in [p[1:3] for p in reply_parents]
+
+    # join: one CLIENT span for the batch; each request's SERVER span under it.
+    batch = one("batch caller")
+    mapped = one(f"map {topic}", batch["trace"])
+    assert mapped["parent"] == batch["id"]
+    batch_servers = [s for s in out["spans"] if s["name"] == f"process {topic}" and s["trace"] == batch["trace"]]
+    assert len(batch_servers) == 2
+    assert all(s["parent"] == mapped["id"] for s in batch_servers)
+    assert out["inside"]["2"] == out["inside"]["3"] == batch["trace"]
+    assert all(s["status"] != "ERROR" for s in out["spans"])
+    assert spans  # every span above was exported

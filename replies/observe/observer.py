@@ -201,12 +201,14 @@ class AgentFigures:
     """A served agent's counts kept by this module (the worker keeps the
     rest): handler time, casts served, requests in the handler now."""
 
-    __slots__ = ("agent", "handler_seconds", "casts", "_in_handler", "_left_handler")
+    __slots__ = ("agent", "handler_seconds", "casts", "raised", "_in_handler", "_left_handler")
 
     def __init__(self, agent: str) -> None:
         self.agent = agent
         self.handler_seconds = LatencyWindow()
         self.casts = Counter()
+        #: Handler calls that raised.
+        self.raised = Counter()
         self._in_handler = Counter()
         self._left_handler = Counter()
 
@@ -218,6 +220,11 @@ class AgentFigures:
         """A handler call ended after ``seconds``."""
         self.handler_seconds.record(seconds)
         self._left_handler.inc()
+
+    @property
+    def entered_handler(self) -> int:
+        """Handler calls started in all."""
+        return self._in_handler.value
 
     @property
     def in_handler(self) -> int:
@@ -418,10 +425,12 @@ class Observer:
             name = worker.agent.name
             figures = self.agent(name)
             entry: Dict[str, Any] = {"topic": worker.agent.topic_name}
+            # The worker's own counts where it keeps them; else ours.
+            fallback = {"handled": figures.entered_handler, "error_replies": figures.raised.value}
             for counter in WORKER_COUNTS:
-                entry[counter] = int(getattr(worker, counter, 0))
+                entry[counter] = int(getattr(worker, counter, fallback.get(counter, 0)))
             entry["casts"] = figures.casts.value
-            entry["in_flight"] = int(getattr(worker, "_in_flight", figures.in_handler))
+            entry["in_flight"] = figures.in_handler
             entry["handler_seconds"] = figures.handler_seconds.snapshot()
             entry["lag"] = _lag(app, worker) if lag else None
             serving[name] = entry

@@ -57,6 +57,7 @@ from typing import (
 
 from replies.core.codec import Request
 from replies.errors import DecodeError, RemoteError, TransportError
+from replies.observe.serving import AgentObserver, reply_headers
 from replies.transport.base import GroupReader, Record, TopicPartition
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class AgentWorker:
         self.app = app
         self.agent = agent
         self.logger = logging.getLogger(f"replies.agent.{agent.name}")
+        self._observing = AgentObserver(app.observer, agent.name, self.logger)
         self._stopping = threading.Event()
         # (topic, partition, offset, ok) of each finished record.
         self._done: queue.Queue[Tuple[str, int, int, bool]] = queue.Queue()
@@ -329,6 +331,7 @@ class AgentWorker:
             )
             return []
         acks: List[Future[None]] = []
+        handling = self._observing.start(record, request)
         try:
             result = self.agent.invoke(request.value, request.key)
             if not inspect.isgenerator(result):
@@ -345,10 +348,13 @@ class AgentWorker:
                 finally:
                     result.close()
         except Exception as exc:
+            handling.error = exc
             self.logger.exception(
                 "agent %s raised on request %s", self.agent.name, request.correlation_id
             )
             acks += self._reply(request, None, error=exc)
+        finally:
+            handling.close()
         return acks
 
     def _reply(
@@ -372,6 +378,7 @@ class AgentWorker:
         message = self.app.codec.encode_reply(
             request.correlation_id, value, key=request.key, more=more, end=end, error=remote
         )
+        reply_headers(message.headers)
         ack = self.app.transport.produce(request.reply_to, message)
         ack.add_done_callback(self._on_reply_acked)
         return [ack]
