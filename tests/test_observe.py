@@ -514,3 +514,94 @@ def test_one_trace_from_the_callers_span_to_the_handler_and_back(
     assert out["inside"]["2"] == out["inside"]["3"] == batch["trace"]
     assert all(s["status"] != "ERROR" for s in out["spans"])
     assert spans  # every span above was exported
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+def test_logs_follow_each_request_on_both_sides(
+    make_app: MakeApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, work, release = _served(make_app)
+    with caplog.at_level(logging.INFO, logger="replies.agent"), caplog.at_level(
+        logging.DEBUG, logger="replies.ask"
+    ):
+        promise = work.ask_nowait(1)
+        assert promise.result(20) == 1
+        with pytest.raises(replies.RemoteError):
+            work.ask("bad")
+        with pytest.raises(replies.ReplyTimeoutError):
+            work.ask("stuck", timeout=0.2)
+        release.set()
+        _wait_for(lambda: "replied to" in caplog.text and "error reply to" in caplog.text)
+        _wait_for(lambda: "answered" in caplog.text and "timed out" in caplog.text)
+    cid = promise.correlation_id
+    served = [r.getMessage() for r in caplog.records if r.name == "replies.agent.work"]
+    assert any(m.startswith(f"received {cid} at {work.topic_name}[") for m in served)
+    assert any(m.startswith(f"replied to {cid} in ") and m.endswith(" ms") for m in served)
+    assert any("error reply to" in m and "ValueError: bad value" in m for m in served)
+    asked = [r.getMessage() for r in caplog.records if r.name == "replies.ask"]
+    assert f"sent request {cid} to {work.topic_name}" in asked
+    assert any(m.startswith(f"answered {cid} from {work.topic_name} in ") for m in asked)
+    assert any(m.startswith("timed out: ") and "after 0.2 s" in m for m in asked)
+
+
+def test_the_cli_keeps_kafka_python_at_warning_unless_asked() -> None:
+    code = (
+        "import logging, sys\n"
+        "from replies.cli import _configure_logging\n"
+        "_configure_logging(sys.argv[1], sys.argv[2] or None, sys.stderr)\n"
+        "print(logging.getLogger('replies.agent.x').getEffectiveLevel(),"
+        " logging.getLogger('kafka.conn').getEffectiveLevel())\n"
+    )
+    levels = {}
+    for args in (("info", ""), ("debug", "info"), ("error", "")):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        levels[args] = tuple(int(x) for x in proc.stdout.split())
+    assert levels[("info", "")] == (logging.INFO, logging.WARNING)
+    assert levels[("debug", "info")] == (logging.DEBUG, logging.INFO)
+    assert levels[("error", "")] == (logging.ERROR, logging.ERROR)
+
+
+@pytest.mark.integration
+def test_a_worker_logs_each_request_and_no_kafka_chatter(
+    kafka_bootstrap: str, kafka_client_settings: Dict[str, Any], tmp_path: Path
+) -> None:
+    app_id = f"w{os.urandom(4).hex()}"
+    env = dict(
+        os.environ,
+        REPLIES_TEST_BROKER_URL=f"kafka://{kafka_bootstrap}",
+        REPLIES_TEST_APP_ID=app_id,
+        REPLIES_TEST_KAFKA_SETTINGS=json.dumps(kafka_client_settings),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "replies", "worker", "tests.workers.sample:app", "--loglevel", "info"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for(lambda: b"serving agent fail" in log.read_bytes() or worker.poll() is not None, 60)
+        client = replies.App(f"{app_id}-client", broker=f"kafka://{kafka_bootstrap}", **kafka_client_settings)
+        with client:
+            promise = client.topic(f"{app_id}-work").ask_nowait("hi", timeout=60)
+            assert promise.result(60)["value"] == "hi"
+            with pytest.raises(replies.RemoteError):
+                client.topic(f"{app_id}-fail").ask("x", timeout=60)
+        _wait_for(lambda: b"error reply to" in log.read_bytes(), 20)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    text = log.read_text()
+    cid = promise.correlation_id
+    assert f"replies.agent.work: received {cid} at {app_id}-work[" in text
+    assert f"replies.agent.work: replied to {cid} in " in text
+    assert "replies.agent.fail: error reply to " in text and "KeyError: 'x'" in text
+    chatter = [line for line in text.splitlines() if " INFO " in line and " kafka." in line]
+    assert chatter == []
