@@ -50,6 +50,10 @@ __all__ = [
 
 _thread_role = threading.local()
 
+# concurrent.futures' states of a future not done yet (its `_state`).
+_PENDING = "PENDING"
+_NOT_DONE = frozenset({_PENDING, "RUNNING"})
+
 
 def mark_reply_thread() -> None:
     """Mark the calling thread as one that delivers replies (never waits)."""
@@ -162,7 +166,7 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
         if hook is None:
             return super().set_result(result)
         with self._condition:
-            if not self.done():
+            if self._state in _NOT_DONE:
                 hook(self, None, False)
             super().set_result(result)
 
@@ -171,7 +175,7 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
         if hook is None:
             return super().set_exception(exception)
         with self._condition:
-            if not self.done():
+            if self._state in _NOT_DONE:
                 hook(self, exception, False)
             super().set_exception(exception)
 
@@ -180,7 +184,7 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
         if hook is None:
             return super().cancel()
         with self._condition:
-            if not self.done() and not self.running():
+            if self._state == _PENDING:
                 hook(self, None, True)
             return super().cancel()
 

@@ -1,0 +1,116 @@
+"""What counting and tracing cost: ask and join on memory://, on and off.
+
+Usage::
+
+    python bench/observe_cost.py [--asks 3000] [--join 10000] [--rounds 3]
+
+Runs each mode in its own process (an OpenTelemetry tracer provider is
+process-wide), round after round, interleaved, and prints the median of the
+rounds: sequential ``ask`` p50 and ``join`` throughput, and each mode's
+ratio to the mode with everything off. Modes:
+
+- ``off``: ``App(metrics=False)``, no tracer provider;
+- ``metrics``: the default (counters and latency windows on);
+- ``metrics+otel``: also an OpenTelemetry SDK tracer provider with a
+  batch span processor (spans exported to nowhere), so every request has a
+  client span and a server span.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List
+
+MODES = ("off", "metrics", "metrics+otel")
+
+
+def measure(mode: str, asks: int, join: int) -> Dict[str, float]:
+    """One round in this process: ask p50 (s) and join replies/s."""
+    if mode == "metrics+otel":
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        class Nowhere(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Nowhere()))
+        trace.set_tracer_provider(provider)
+
+    import replies
+
+    broker = f"memory://{uuid.uuid4()}"
+    server = replies.App("bench", broker=broker, metrics=mode != "off", topic_partitions=4)
+
+    @server.agent(concurrency=8)
+    def echo(value: Any) -> Any:
+        return value
+
+    server.serve()
+    client = replies.App("bench-client", broker=broker, metrics=mode != "off", request_timeout=120)
+    asker = client.topic(echo.topic_name)
+    try:
+        client.start()
+        for i in range(200):  # warm up
+            asker.ask(i)
+        latencies: List[float] = []
+        for i in range(asks):
+            started = time.perf_counter()
+            asker.ask(i)
+            latencies.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        assert asker.join(range(join)) == list(range(join))
+        rate = join / (time.perf_counter() - started)
+    finally:
+        client.close()
+        server.close()
+    return {"ask_p50": statistics.median(latencies), "join_per_s": rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--asks", type=int, default=3000)
+    parser.add_argument("--join", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.asks, args.join)))
+        return
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    results: Dict[str, List[Dict[str, float]]] = {mode: [] for mode in MODES}
+    for _ in range(args.rounds):
+        for mode in MODES:
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", mode, "--asks", str(args.asks), "--join", str(args.join)],
+                env=env, capture_output=True, text=True, check=True,
+            ).stdout
+            results[mode].append(json.loads(out))
+    base = {k: statistics.median(r[k] for r in results["off"]) for k in ("ask_p50", "join_per_s")}
+    print(f"{'mode':<14} {'ask p50':>10} {'ratio':>6} {'join/s':>10} {'ratio':>6}   ({args.rounds} rounds, medians)")
+    for mode in MODES:
+        p50 = statistics.median(r["ask_p50"] for r in results[mode])
+        rate = statistics.median(r["join_per_s"] for r in results[mode])
+        print(
+            f"{mode:<14} {p50 * 1e3:8.3f} ms {p50 / base['ask_p50']:6.2f} "
+            f"{rate:10.0f} {rate / base['join_per_s']:6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
