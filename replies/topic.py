@@ -359,9 +359,18 @@ class Topic:
         """Encode, register the waiter for ``cid``, then produce."""
         message = self._encode(cid, key, value, seconds, stream=stream)
         tracer = otel.tracer()
-        if tracer is not None:
-            otel.end_with(otel.start_client_span(tracer, self.topic_name, message.headers), waiter)
-        self._send(waiter, cid, message, seconds)
+        if tracer is None:
+            self._send(waiter, cid, message, seconds)
+            return
+        span = otel.start_client_span(tracer, self.topic_name, message.headers)
+        otel.end_with(span, waiter)
+        try:
+            self._send(waiter, cid, message, seconds)
+        except BaseException as exc:
+            if not waiter.done():  # failed before it was registered
+                otel.mark_failed(span, exc)
+                span.end()
+            raise
 
     def _encode(
         self, cid: str, key: Any, value: Any, seconds: Optional[float], *, stream: bool = False

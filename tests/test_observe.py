@@ -605,3 +605,26 @@ def test_a_worker_logs_each_request_and_no_kafka_chatter(
     assert "replies.agent.fail: error reply to " in text and "KeyError: 'x'" in text
     chatter = [line for line in text.splitlines() if " INFO " in line and " kafka." in line]
     assert chatter == []
+
+
+def test_opentelemetry_without_a_tracer_provider_adds_nothing(make_app: MakeApp) -> None:
+    pytest.importorskip("opentelemetry.trace")
+    from opentelemetry import trace
+
+    from replies.observe import otel
+
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        pytest.skip("a tracer provider was set in this process")
+    assert otel.tracer() is None
+    app = make_app("untraced")
+
+    @app.agent()
+    def names(value: Any) -> List[str]:
+        request = replies.current_request()
+        assert request is not None
+        return [name for name, _ in request.headers]
+
+    app.start()
+    app.serve()
+    assert "traceparent" not in names.ask(1)
+    assert all("traceparent" not in headers for headers in names.join([1, 2]))
