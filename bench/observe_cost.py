@@ -3,8 +3,10 @@
 Usage::
 
     python bench/observe_cost.py [--asks 3000] [--join 10000] [--rounds 3]
+                                 [--broker kafka://HOST:PORT]
 
-Runs each mode in its own process (an OpenTelemetry tracer provider is
+By default on ``memory://``, where the library's own overhead is all
+there is to see. Runs each mode in its own process (an OpenTelemetry tracer provider is
 process-wide), round after round, interleaved, and prints the median of the
 rounds: sequential ``ask`` p50 and ``join`` throughput, and each mode's
 ratio to the mode with everything off. Modes:
@@ -32,7 +34,7 @@ from typing import Any, Dict, List
 MODES = ("off", "metrics", "metrics+otel")
 
 
-def measure(mode: str, asks: int, join: int) -> Dict[str, float]:
+def measure(mode: str, asks: int, join: int, broker: str) -> Dict[str, float]:
     """One round in this process: ask p50 (s) and join replies/s."""
     if mode == "metrics+otel":
         from opentelemetry import trace
@@ -53,15 +55,17 @@ def measure(mode: str, asks: int, join: int) -> Dict[str, float]:
 
     import replies
 
-    broker = f"memory://{uuid.uuid4()}"
-    server = replies.App("bench", broker=broker, metrics=mode != "off", topic_partitions=4)
+    if broker == "memory://":
+        broker = f"memory://{uuid.uuid4()}"
+    app_id = f"bench-{uuid.uuid4().hex[:6]}"
+    server = replies.App(app_id, broker=broker, metrics=mode != "off", topic_partitions=4)
 
     @server.agent(concurrency=8)
     def echo(value: Any) -> Any:
         return value
 
     server.serve()
-    client = replies.App("bench-client", broker=broker, metrics=mode != "off", request_timeout=120)
+    client = replies.App(f"{app_id}-client", broker=broker, metrics=mode != "off", request_timeout=120)
     asker = client.topic(echo.topic_name)
     try:
         client.start()
@@ -86,10 +90,11 @@ def main() -> None:
     parser.add_argument("--asks", type=int, default=3000)
     parser.add_argument("--join", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--broker", default="memory://")
     parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.asks, args.join)))
+        print(json.dumps(measure(args.one, args.asks, args.join, args.broker)))
         return
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
@@ -97,12 +102,14 @@ def main() -> None:
     for _ in range(args.rounds):
         for mode in MODES:
             out = subprocess.run(
-                [sys.executable, __file__, "--one", mode, "--asks", str(args.asks), "--join", str(args.join)],
+                [sys.executable, __file__, "--one", mode, "--asks", str(args.asks),
+                 "--join", str(args.join), "--broker", args.broker],
                 env=env, capture_output=True, text=True, check=True,
             ).stdout
             results[mode].append(json.loads(out))
     base = {k: statistics.median(r[k] for r in results["off"]) for k in ("ask_p50", "join_per_s")}
-    print(f"{'mode':<14} {'ask p50':>10} {'ratio':>6} {'join/s':>10} {'ratio':>6}   ({args.rounds} rounds, medians)")
+    print(f"{args.broker}: medians of {args.rounds} rounds")
+    print(f"{'mode':<14} {'ask p50':>10} {'ratio':>6} {'join/s':>10} {'ratio':>6}")
     for mode in MODES:
         p50 = statistics.median(r["ask_p50"] for r in results[mode])
         rate = statistics.median(r["join_per_s"] for r in results[mode])
