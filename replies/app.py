@@ -343,13 +343,15 @@ class App:
             ``{"app": id, "asking": {"total": {...}, "topics": {topic:
             {...}}}, "serving": {agent: {...}}}``. Asking, per topic and in
             total: ``sent``; how they settled: ``replies`` (including
-            ``error_replies``), ``timeouts``, ``cancelled``, ``closed``,
+            ``error_replies``), ``timeouts``, ``cancelled``, ``closed`` (the
+            App closed, or its reply consumer could not read),
             ``send_errors``, ``undecodable``; ``pending`` (not settled
             yet); ``ask_seconds`` (``count``, ``p50``, ``p99``, ``max`` of
             single requests' round trips). In total only:
             ``dropped_replies`` (late, duplicate or another client's) and
             ``undecodable_replies`` (reply records that could not be
-            read), since the App last started. Serving, per agent of this
+            read) and ``reply_poll_errors`` (failed polls of the reply
+            topic, retried), since the App last started. Serving, per agent of this
             process: ``topic``, ``handled``, ``error_replies``,
             ``skipped_expired``, ``skipped_undecodable``, ``casts``,
             ``reply_failures``, ``dead_lettered``, ``in_flight``,

@@ -357,7 +357,7 @@ class Topic:
         stream: bool = False,
     ) -> None:
         """Encode, register the waiter for ``cid``, then produce."""
-        message = self._encode(cid, key, value, seconds, stream=stream)
+        message = self._encode(cid, key, value, seconds, waiter.reply_to, stream=stream)
         tracer = otel.tracer()
         if tracer is None:
             self._send(waiter, cid, message, seconds)
@@ -373,12 +373,19 @@ class Topic:
             raise
 
     def _encode(
-        self, cid: str, key: Any, value: Any, seconds: Optional[float], *, stream: bool = False
+        self,
+        cid: str,
+        key: Any,
+        value: Any,
+        seconds: Optional[float],
+        reply_to: str,
+        *,
+        stream: bool = False,
     ) -> Message:
         return self.app.codec.encode_request(
             value,
             key=key,
-            reply_to=self.app.reply_to,
+            reply_to=reply_to,
             correlation_id=cid,
             deadline=deadline_after(seconds),
             stream=stream,
@@ -421,15 +428,15 @@ class Topic:
     def _send_all(
         self, items: Iterable[Tuple[Any, Any]], timeout: Timeout
     ) -> Tuple[BarrierState, List[str], Optional[float]]:
-        app = self.app
-        seconds = app._timeout(timeout)
-        observer = app.observer
+        seconds = self.app._timeout(timeout)
+        reply_to = self.app.reply_to
+        observer = self.app.observer
         barrier: BarrierState
         if observer is None:
-            barrier = BarrierState(app.reply_to, timeout=seconds, topic=self.topic_name)
+            barrier = BarrierState(reply_to, timeout=seconds, topic=self.topic_name)
         else:
             figures = observer.topic(self.topic_name)
-            barrier = CountedBarrier(observer, figures, app.reply_to, timeout=seconds)
+            barrier = CountedBarrier(observer, figures, reply_to, timeout=seconds)
         tracer = otel.tracer()
         trace_headers: List[Tuple[str, bytes]] = []
         span = None
@@ -440,7 +447,7 @@ class Topic:
         try:
             for key, value in items:
                 cid = str(uuid.uuid4())
-                message = self._encode(cid, key, value, seconds)
+                message = self._encode(cid, key, value, seconds, barrier.reply_to)
                 message.headers.extend(trace_headers)
                 barrier.add(ReplyPromise(barrier.reply_to, cid))
                 order.append(cid)

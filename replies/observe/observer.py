@@ -413,6 +413,7 @@ class Observer:
         table = getattr(consumer, "table", None)
         total["dropped_replies"] = int(getattr(table, "unknown", 0))
         total["undecodable_replies"] = int(getattr(consumer, "undecodable", 0))
+        total["reply_poll_errors"] = int(getattr(consumer, "poll_errors", 0))
         return {
             "app": app.id,
             "asking": {"total": total, "topics": by_topic},
