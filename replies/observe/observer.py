@@ -28,7 +28,7 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from replies.core.promise import BarrierState, ReplyPromise
+from replies.core.promise import BarrierState, ReplyPromise, ReplyTuple
 from replies.errors import (
     ClosedError,
     DecodeError,
@@ -332,10 +332,14 @@ class Observer:
         # The settle hook of a watched promise: count, before waiters wake.
         figures: TopicFigures = promise._obs_figures  # type: ignore[attr-defined]
         seconds = time.perf_counter() - promise._obs_started  # type: ignore[attr-defined]
-        kind = classify(promise, error, cancelled)
-        figures.count(kind)
-        if kind == REPLY or kind == ERROR_REPLY:
+        kind = REPLY if error is None and not cancelled else classify(promise, error, cancelled)
+        if kind == REPLY:
+            figures.replies.inc()
             figures.ask_seconds.record(seconds)
+        else:
+            figures.count(kind)
+            if kind == ERROR_REPLY:
+                figures.ask_seconds.record(seconds)
         promise._obs_outcome = (kind, seconds, error)  # type: ignore[attr-defined]
 
     def _announce(self, promise: "Future[Any]") -> None:
@@ -496,8 +500,10 @@ class CountedBarrier(BarrierState):
     def _put_locked(self, entry: Any) -> bool:
         if self._settled or not super()._put_locked(entry):
             return False
-        error = getattr(entry, "error", None)
-        self._figures.count(REPLY if error is None else classify(self, error, False))
+        if type(entry) is ReplyTuple:
+            self._figures.replies.inc()
+        else:  # a failure buffered in place of a reply
+            self._figures.count(classify(self, entry.error, False))
         return True
 
     def fulfill(self, correlation_id: str, value: Any) -> bool:
