@@ -439,6 +439,10 @@ def traced(value):
         inside[value] = format(span.get_span_context().trace_id, "032x")
     return value
 
+@app.agent()
+def broken(value):
+    raise ValueError("broken on purpose")
+
 with app:
     app.serve()
     replies_seen = app.transport.reply_reader(app.reply_to, timeout=20)
@@ -446,8 +450,13 @@ with app:
         assert traced.ask(1, timeout=20) == 1
     with tracer.start_as_current_span("batch caller"):
         assert traced.join([2, 3], timeout=20) == [2, 3]
+    with tracer.start_as_current_span("failing caller"):
+        try:
+            broken.ask(1, timeout=20)
+        except replies.RemoteError:
+            pass
     headers = []
-    while len(headers) < 3:
+    while len(headers) < 4:
         for record in replies_seen.poll(1.0):
             headers.append({k: v.decode() for k, v in record.headers if k == "traceparent"})
     replies_seen.close()
@@ -512,8 +521,15 @@ def test_one_trace_from_the_callers_span_to_the_handler_and_back(
     assert len(batch_servers) == 2
     assert all(s["parent"] == mapped["id"] for s in batch_servers)
     assert out["inside"]["2"] == out["inside"]["3"] == batch["trace"]
-    assert all(s["status"] != "ERROR" for s in out["spans"])
+    assert all(s["status"] != "ERROR" for s in out["spans"] if "broken" not in s["name"])
     assert spans  # every span above was exported
+
+    # An agent that raised: both ends of its round trip are marked failed.
+    failing = one("failing caller")
+    asked = one(f"ask {app_id}-broken", failing["trace"])
+    served = one(f"process {app_id}-broken", failing["trace"])
+    assert served["parent"] == asked["id"]
+    assert asked["status"] == served["status"] == "ERROR"
 
 
 # -- logs ------------------------------------------------------------------------------
