@@ -66,7 +66,7 @@ class App:
             once with :class:`~replies.NoRespondersError`, and a reply never
             re-creates a deleted reply topic.
         metrics: count requests for :meth:`stats` and tell listeners
-            (:meth:`add_listener`); on by default, about a microsecond per
+            (:meth:`add_listener`); on by default, a few microseconds per
             request. ``False`` turns both off.
         **kafka_settings: passed to kafka-python's clients (``client_id``,
             ``security_protocol``, ``sasl_*``, ``ssl_*``, ``acks`` ...).
@@ -347,12 +347,13 @@ class App:
             App closed, or its reply consumer could not read),
             ``send_errors``, ``undecodable``; ``pending`` (not settled
             yet); ``ask_seconds`` (``count``, ``p50``, ``p99``, ``max`` of
-            single requests' round trips). In total only:
-            ``dropped_replies`` (late, duplicate or another client's) and
-            ``undecodable_replies`` (reply records that could not be
-            read) and ``reply_poll_errors`` (failed polls of the reply
-            topic, retried), since the App last started. Serving, per agent of this
-            process: ``topic``, ``handled``, ``error_replies``,
+            single requests' round trips). In total only, since the App
+            last started: ``dropped_replies`` (late, duplicate or another
+            client's), ``undecodable_replies`` (reply records that could
+            not be read) and ``reply_poll_errors`` (failed polls of the
+            reply topic, retried). Serving, per agent of this process,
+            counted once a request is completely served (its replies
+            acknowledged): ``topic``, ``handled``, ``error_replies``,
             ``skipped_expired``, ``skipped_undecodable``, ``casts``,
             ``reply_failures``, ``dead_lettered``, ``in_flight``,
             ``handler_seconds`` (as ``ask_seconds``), ``lag``.
