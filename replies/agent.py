@@ -27,7 +27,20 @@ class Agent(Topic):
         group_id: the consumer group of its workers, ``f"{app.id}-{name}"``.
         concurrency: how many requests one process handles at once.
         partitions: partitions of its topic when this library creates it.
+        dead_letter_topic: where records it could not serve are copied
+            (with headers naming the failure), or ``None`` (the default).
+        max_in_flight: records one process holds at most (queued for a
+            handler, being handled, or waiting for their reply's broker
+            acknowledgement) before it stops fetching more.
+        max_in_flight_bytes: the same bound in bytes of request keys and
+            values.
     """
+
+    #: Default of ``max_in_flight``: enough to keep a pipelined ``join``
+    #: busy on a real broker.
+    DEFAULT_MAX_IN_FLIGHT = 1000
+    #: Default of ``max_in_flight_bytes`` (16 MiB).
+    DEFAULT_MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024
 
     def __init__(
         self,
@@ -38,9 +51,20 @@ class Agent(Topic):
         topic: Optional[str] = None,
         concurrency: int = 1,
         partitions: Optional[int] = None,
+        dead_letter_topic: Optional[str] = None,
+        max_in_flight: Optional[int] = None,
+        max_in_flight_bytes: Optional[int] = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, not {concurrency}")
+        if max_in_flight is None:
+            max_in_flight = self.DEFAULT_MAX_IN_FLIGHT
+        if max_in_flight_bytes is None:
+            max_in_flight_bytes = self.DEFAULT_MAX_IN_FLIGHT_BYTES
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, not {max_in_flight}")
+        if max_in_flight_bytes < 1:
+            raise ValueError(f"max_in_flight_bytes must be >= 1, not {max_in_flight_bytes}")
         if partitions is not None and partitions < 1:
             raise ValueError(f"partitions must be >= 1, not {partitions}")
         self.name = name or function.__name__
@@ -49,6 +73,9 @@ class Agent(Topic):
         self.group_id = f"{app.id}-{self.name}"
         self.concurrency = concurrency
         self.partitions = partitions
+        self.dead_letter_topic = dead_letter_topic
+        self.max_in_flight = max_in_flight
+        self.max_in_flight_bytes = max_in_flight_bytes
         self.is_generator = inspect.isgeneratorfunction(function)
         self._pass_key = accepts_key(function)
         self.__doc__ = function.__doc__

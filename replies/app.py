@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
 import inspect
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
+import warnings
+import weakref
 from concurrent.futures import Future
 from types import FrameType, TracebackType
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Type, TypeVar, Union
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    Iterator,
+    List,
+    Optional,
+    Type,
+    TypeVar,
+    Union,
+)
 
 from replies.agent import Agent
 from replies.core.codec import Codec, Message
-from replies.errors import ClosedError, ForkedError, TransportError
+from replies.errors import ClosedError, ReplyTimeoutError, TransportError
 from replies.observe.observer import Observer
 from replies.threads.agent_worker import AgentWorker
 from replies.threads.reply_consumer import ReplyConsumer
@@ -37,10 +54,11 @@ class App:
         id: the application id; agents' topics are ``f"{id}-{name}"``.
         broker: ``"kafka://host:port[,host:port]"``, or ``"memory://"`` (the
             default: an in-process broker shared by the process's Apps).
-        reply_to: the reply topic. By default each App makes its own,
-            ``f"{reply_to_prefix}{uuid4()}"``, and deletes it on close. Name
-            one to share a reply topic among processes: each reads it from
-            the end and drops replies it did not ask for.
+        reply_to: the reply topic. By default each process makes its own
+            when it starts the App, ``f"{reply_to_prefix}{uuid4()}"``, and
+            deletes it on close (a forked child gets a new one). Name one to
+            share a reply topic among processes: each reads it from the end
+            and drops replies it did not ask for, and none deletes it.
         reply_to_prefix: prefix of generated reply topics (``"f-reply-"``).
         reply_create_topic: create a named ``reply_to`` topic if missing
             (generated ones are always created).
@@ -48,7 +66,12 @@ class App:
             ``timedelta`` (one day): the backstop if a process dies before
             deleting its topic.
         reply_delete_topic: delete the reply topic on close; by default only
-            a generated one.
+            a generated one (a named one is shared: no user deletes it).
+        replace_serving: when this App serves, another App of this process
+            with the same id and broker that serves the same agents (a
+            notebook cell run again) stops serving them, with a warning, so
+            no stale handler answers. ``False`` lets both serve (two members
+            of the group in one process).
         request_timeout: default seconds to wait for a reply (30); ``None``
             waits forever.
         request_mode: ``"headers"`` (Faust >= 1.10) or ``"envelope"``.
@@ -60,6 +83,11 @@ class App:
         replication_factor: of topics this App creates (-1: broker default).
         reply_tracebacks: agents include the traceback in error replies.
         shutdown_timeout: seconds close() waits for handlers to finish (30).
+        connect_timeout: seconds :meth:`start` and :meth:`serve` wait to
+            reach a Kafka broker and log in (10); then they fail with a
+            :class:`~replies.TransportError` whose ``cause`` names why
+            (``"connection_refused"``, ``"name_not_resolved"``,
+            ``"tls_failed"``, ``"authentication_failed"`` ...).
         auto_create_topics: let a request to a topic that does not exist
             create it (the broker's ``auto.create.topics.enable`` decides on
             Kafka), as before 0.2. Off by default: such a request fails at
@@ -75,11 +103,25 @@ class App:
         ValueError: a bad id, URL or setting value.
         TypeError: an unknown setting.
 
+    Lifecycle: an App may be made at import time. Asking one that was
+    never started starts it (once, whichever thread asks first), so a web
+    application needs nothing but the module-level ``App(...)``;
+    :meth:`start` and ``with app:`` still work, and :meth:`close` is final
+    until the next :meth:`start` (asking a closed App raises
+    :class:`ClosedError`). Open Apps are closed at interpreter exit.
+
+    Resources belong to one process: in a child made by ``fork`` (a
+    pre-fork web server, ``multiprocessing``), an App made or started in
+    the parent forgets the parent's connections, threads and generated
+    reply topic, and starts afresh on first use; the parent is unaffected
+    and the child never deletes the parent's topic.
+
     Threading model: one App is meant to be shared by all threads of a
     process. It owns one producer (shared by callers), one reply consumer
-    thread (started by :meth:`start`) and, when serving, one poll thread and
-    a handler pool per agent. :meth:`start`, :meth:`serve` and :meth:`close`
-    are idempotent and serialised by ``_lock``; asking never takes it.
+    thread (started by :meth:`start` or the first ask) and, when serving,
+    one poll thread and a handler pool per agent. :meth:`start`,
+    :meth:`serve` and :meth:`close` are idempotent and serialised by
+    ``_lock``; asking takes it only while the App is not started.
     """
 
     def __init__(
@@ -92,6 +134,7 @@ class App:
         reply_create_topic: bool = False,
         reply_expires: Union[float, datetime.timedelta] = datetime.timedelta(days=1),
         reply_delete_topic: Optional[bool] = None,
+        replace_serving: bool = True,
         request_timeout: Optional[float] = 30.0,
         request_mode: str = "headers",
         value_serializer: str = "json",
@@ -102,6 +145,7 @@ class App:
         reply_tracebacks: bool = False,
         shutdown_timeout: float = 30.0,
         auto_create_topics: bool = False,
+        connect_timeout: float = 10.0,
         metrics: bool = True,
         **kafka_settings: Any,
     ) -> None:
@@ -109,6 +153,8 @@ class App:
             raise ValueError("an App needs an id")
         if request_timeout is not None and request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0 or None, not {request_timeout!r}")
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be > 0, not {connect_timeout!r}")
         if topic_partitions < 1:
             raise ValueError(f"topic_partitions must be >= 1, not {topic_partitions}")
         if isinstance(reply_expires, datetime.timedelta):
@@ -119,16 +165,20 @@ class App:
         check_broker(broker, kafka_settings, also_known=_app_settings())
         self.id = id
         self.broker = broker
-        self.reply_to = reply_to or f"{reply_to_prefix}{uuid.uuid4()}"
+        # A named reply topic, or None: each process generates its own.
+        self._named_reply_to = reply_to or None
+        self.reply_to_prefix = reply_to_prefix
         self.reply_create_topic = reply_create_topic or reply_to is None
         self.reply_expires = float(reply_expires)
         self.reply_delete_topic = reply_to is None if reply_delete_topic is None else reply_delete_topic
+        self.replace_serving = replace_serving
         self.request_timeout = request_timeout
         self.topic_partitions = topic_partitions
         self.replication_factor = replication_factor
         self.reply_tracebacks = reply_tracebacks
         self.shutdown_timeout = shutdown_timeout
         self.auto_create_topics = auto_create_topics
+        self.connect_timeout = float(connect_timeout)
         self.kafka_settings = kafka_settings
         self.codec = Codec(
             value_serializer=value_serializer,
@@ -145,9 +195,32 @@ class App:
         self._consumer: Optional[ReplyConsumer] = None
         self._workers: List[AgentWorker] = []
         self._pid = os.getpid()
+        # Set by close(), cleared by start()/serve(): asking does not reopen.
+        self._closed = False
+        # Guards `_reply_to`, this process's reply topic (None: not named
+        # yet); never held with `_lock` taken after it.
+        self._name_lock = threading.Lock()
+        self._reply_to: Optional[str] = self._named_reply_to
+        # Whether `_reply_to` was used by a start, so a restart names anew.
+        self._reply_to_used = False
+        with _live_lock:
+            _live_apps.add(self)
 
     def __repr__(self) -> str:
-        return f"<App {self.id} {self.broker} reply_to={self.reply_to}>"
+        reply_to = self._reply_to or "<named at start>"
+        return f"<App {self.id} {self.broker} reply_to={reply_to}>"
+
+    @property
+    def reply_to(self) -> str:
+        """This process's reply topic.
+
+        The named ``reply_to``; or one generated for this process, named
+        when it starts the App (reading it earlier names it).
+        """
+        with self._name_lock:
+            if self._reply_to is None:
+                self._reply_to = f"{self.reply_to_prefix}{uuid.uuid4()}"
+            return self._reply_to
 
     # -- declaring ----------------------------------------------------------
 
@@ -158,6 +231,9 @@ class App:
         topic: Optional[str] = None,
         concurrency: int = 1,
         partitions: Optional[int] = None,
+        dead_letter_topic: Optional[str] = None,
+        max_in_flight: Optional[int] = None,
+        max_in_flight_bytes: Optional[int] = None,
     ) -> Callable[[Callable[..., Any]], Agent]:
         """Register a function as an agent (a decorator).
 
@@ -166,6 +242,18 @@ class App:
             topic: its request topic (default ``f"{app.id}-{name}"``).
             concurrency: requests handled at once by this process.
             partitions: partitions of its topic if this App creates it.
+            dead_letter_topic: copy each record the agent could not serve
+                normally (undecodable, the handler raised, the reply could
+                not be encoded or delivered) to this topic, with headers
+                naming the failure and the record's origin
+                (``Replies-Dead-Letter-Error``, ``-Message``, ``-Topic``,
+                ``-Partition``, ``-Offset``). Created by :meth:`serve` if
+                missing. Off by default.
+            max_in_flight: requests one process holds at most (queued,
+                being handled, or waiting for the reply's acknowledgement)
+                before it stops fetching more (default 1000).
+            max_in_flight_bytes: the same bound in bytes of request keys
+                and values (default 16 MiB).
 
         Raises:
             ValueError: the name is taken, or a bad number.
@@ -179,6 +267,9 @@ class App:
                 topic=topic,
                 concurrency=concurrency,
                 partitions=partitions,
+                dead_letter_topic=dead_letter_topic,
+                max_in_flight=max_in_flight,
+                max_in_flight_bytes=max_in_flight_bytes,
             )
             if agent.name in self.agents:
                 raise ValueError(f"agent {agent.name!r} is already registered")
@@ -200,28 +291,40 @@ class App:
         positioned at its end (a few admin round trips on Kafka).
         Idempotent.
 
+        Asking starts an App that was never started, so calling this is
+        optional; after :meth:`close` it opens the App again.
+
         Returns:
             The App itself.
 
         Raises:
             TransportError: the broker could not be reached.
-            ForkedError: started in a parent process before a fork.
         """
+        self._check_process()
         with self._lock:
-            self._check_process()
-            if self._consumer is None:
-                fresh = self._transport is None
-                transport = self._transport_locked()
-                consumer = ReplyConsumer(self)
-                try:
-                    consumer.on_start()
-                except BaseException:
-                    if fresh:  # leave nothing running behind a failed start
-                        self._transport = None
-                        transport.close(0)
-                    raise
-                self._consumer = consumer
+            self._closed = False
+            self._start_locked()
         return self
+
+    def _start_locked(self) -> ReplyConsumer:
+        if self._consumer is not None:
+            return self._consumer
+        if self._named_reply_to is None and self._reply_to_used:
+            with self._name_lock:  # a generated topic deleted by close()
+                self._reply_to = None
+        fresh = self._transport is None
+        transport = self._transport_locked()
+        consumer = ReplyConsumer(self)
+        try:
+            self._reply_to_used = True
+            consumer.on_start()
+        except BaseException:
+            if fresh:  # leave nothing running behind a failed start
+                self._transport = None
+                transport.close(0)
+            raise
+        self._consumer = consumer
+        return consumer
 
     def serve(self) -> "App":
         """Start serving this App's agents in background threads.
@@ -229,14 +332,21 @@ class App:
         Does not block beyond joining the consumer groups (each agent's
         topic is created first if missing). Idempotent.
 
+        Another App of this process with the same id and broker that
+        serves the same agents stops serving them first, with a warning
+        (unless either App has ``replace_serving=False``).
+
         Raises:
             ValueError: no agent is registered.
             TransportError: the broker could not be reached.
         """
+        self._check_process()
+        if not self.agents:
+            raise ValueError(f"App {self.id!r} has no agents to serve")
+        if self.replace_serving:
+            self._replace_older_servers()
         with self._lock:
-            self._check_process()
-            if not self.agents:
-                raise ValueError(f"App {self.id!r} has no agents to serve")
+            self._closed = False
             if self._workers:
                 return self
             transport = self._transport_locked()
@@ -280,18 +390,60 @@ class App:
                 signal.signal(sig, handler)
             self.close()
 
+    def _replace_older_servers(self) -> None:
+        """Stop other Apps of this process serving this App's agents.
+
+        Each App's lock is taken alone (never two at once).
+        """
+        groups = {agent.group_id for agent in self.agents.values()}
+        with _live_lock:
+            others = [
+                app
+                for app in _live_apps
+                if app is not self
+                and app.id == self.id
+                and app.broker == self.broker
+                and app.replace_serving
+            ]
+        for other in others:
+            stopped = other._stop_serving(groups)
+            if stopped:
+                message = (
+                    f"App {self.id!r}: another App of this process was serving "
+                    f"{', '.join(sorted(stopped))}; it stopped serving them for this "
+                    "one (a notebook cell run again?). Pass replace_serving=False "
+                    "to let both serve."
+                )
+                logger.warning("%s", message)
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _stop_serving(self, groups: Collection[str]) -> List[str]:
+        """Stop this App's workers of the given consumer groups; their names."""
+        with self._lock:
+            if os.getpid() != self._pid:
+                return []
+            stopping = [w for w in self._workers if w.agent.group_id in groups]
+            self._workers = [w for w in self._workers if w not in stopping]
+            for worker in stopping:
+                worker.stop(self.shutdown_timeout)
+        return [worker.agent.name for worker in stopping]
+
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop serving and asking, and disconnect. Idempotent.
 
         Agents finish what they consumed (up to ``shutdown_timeout``);
         every pending promise fails with :class:`ClosedError`; a reply topic
-        of this App's own is deleted. Blocks until done, at most about
+        this process generated is deleted (a named one is left alone).
+        Asking the App afterwards raises :class:`ClosedError` until it is
+        started again. Blocks until done, at most about
         ``shutdown_timeout`` plus ``timeout`` seconds.
         """
+        self._check_process()
         with self._lock:
+            self._closed = True
             transport = self._transport
-            if transport is None or os.getpid() != self._pid:
-                self._transport = self._consumer = None
+            if transport is None:
+                self._consumer = None
                 self._workers = []
                 return
             # Agents first: they still reply through the transport.
@@ -395,7 +547,7 @@ class App:
         """
         transport = self._transport
         if transport is None:
-            raise ClosedError(f"App {self.id!r} is not started: use `with app:` or app.start()")
+            raise self._closed_error()
         return transport
 
     @property
@@ -403,20 +555,61 @@ class App:
         """The running reply consumer, or None before start / after close."""
         return self._consumer
 
-    def _reply_consumer(self) -> ReplyConsumer:
+    def _closed_error(self) -> ClosedError:
+        if self._closed:
+            return ClosedError(
+                f"App {self.id!r} was closed: start it again (app.start() or "
+                "`with app:`) to ask"
+            )
+        return ClosedError(f"App {self.id!r} is not started: use `with app:` or app.start()")
+
+    def _reply_topic(self, timeout: Optional[float] = None) -> str:
+        """This process's reply topic, starting the App if it never was.
+
+        Blocks while another thread starts the App (at most ``timeout``
+        for the lock), or while this one starts it.
+
+        Raises:
+            ClosedError: the App was closed.
+            ReplyTimeoutError: another thread's start took ``timeout``.
+            TransportError: the broker could not be reached.
+        """
+        self._reply_consumer(timeout)
+        return self.reply_to
+
+    def _reply_consumer(self, timeout: Optional[float] = None) -> ReplyConsumer:
         self._check_process()
         consumer = self._consumer
-        if consumer is None:
-            raise ClosedError(
-                f"App {self.id!r} is not started for asking: use `with app:` or app.start()"
-            )
-        return consumer
+        if consumer is not None:
+            return consumer
+        with self._locked_for_lazy_start(timeout):
+            return self._start_locked()
 
     def _produce(
         self, topic: str, message: Message, timeout: Optional[float] = None
     ) -> Future[None]:
         self._check_process()
-        return self.transport.produce(topic, message, timeout=timeout)
+        transport = self._transport
+        if transport is None:
+            with self._locked_for_lazy_start(timeout):
+                transport = self._transport_locked()
+        return transport.produce(topic, message, timeout=timeout)
+
+    @contextlib.contextmanager
+    def _locked_for_lazy_start(self, timeout: Optional[float]) -> Iterator[None]:
+        """Hold ``_lock`` to start the App on first use, unless it was closed."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise ReplyTimeoutError(
+                f"App {self.id!r} was still being started by another thread after "
+                f"{timeout} s",
+                timeout=timeout,
+            )
+        try:
+            if self._closed:
+                raise self._closed_error()
+            yield
+        finally:
+            self._lock.release()
 
     def _timeout(self, timeout: Any) -> Optional[float]:
         if timeout is DEFAULT:
@@ -427,25 +620,124 @@ class App:
 
     def _transport_locked(self) -> Transport:
         if self._transport is None:
-            self._pid = os.getpid()
             self._transport = open_transport(
                 self.broker,
                 self.kafka_settings,
                 replication_factor=self.replication_factor,
                 auto_create_topics=self.auto_create_topics,
+                connect_timeout=self.connect_timeout,
             )
+            _close_at_exit()
         return self._transport
 
     def _check_process(self) -> None:
-        if os.getpid() != self._pid and self._transport is not None:
-            raise ForkedError(
-                f"App {self.id!r} was started in process {self._pid} and used in "
-                f"forked process {os.getpid()}: its threads and connections do not "
-                "exist here. Start the App after forking (e.g. in gunicorn's "
-                "post_fork hook, or lazily on first request)."
-            )
+        """Forget a parent's resources if ``fork`` ran without its hooks."""
+        if os.getpid() != self._pid:
+            self._reset_in_child()
+
+    def _reset_in_child(self) -> None:
+        """Drop what belongs to the parent process (in a forked child).
+
+        The parent's threads do not exist here and its sockets are shared
+        with it, so nothing is closed (that could disturb the parent): the
+        objects are dropped, and the App starts afresh on first use, with a
+        reply topic of its own if the parent's was generated. A lock held
+        by a parent thread at the fork would never be released: made anew.
+        """
+        self._lock = threading.Lock()
+        self._name_lock = threading.Lock()
+        self._transport = None
+        self._consumer = None
+        self._workers = []
+        self._pid = os.getpid()
+        if self._named_reply_to is None:
+            self._reply_to = None
+            self._reply_to_used = False
 
 
+#: Every App of this process not yet garbage collected, for the fork and
+#: exit hooks and for replacing a stale server; guarded by `_live_lock`.
+_live_apps: "weakref.WeakSet[App]" = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+#: How long closing at interpreter exit may take per App, beyond handlers.
+EXIT_CLOSE_TIMEOUT = 5.0
+
+
+def _reset_apps_in_child() -> None:
+    """``os.register_at_fork`` hook: runs in the child, before any thread."""
+    global _live_lock
+    _live_lock = threading.Lock()  # may have been held by a parent thread
+    for app in list(_live_apps):
+        app._reset_in_child()
+
+
+def _open_apps() -> List[App]:
+    with _live_lock:
+        return [
+            app for app in _live_apps if app._transport is not None and app._pid == os.getpid()
+        ]
+
+
+def _stop_serving_at_exit() -> None:
+    """Stop this process's agents as the interpreter begins to exit.
+
+    Runs among threading's exit hooks: after the main thread ended, before
+    ``concurrent.futures`` shuts down thread pools (registered earlier, so
+    run later), while agents' handler pools still take work; they finish
+    what they consumed, and their replies reach this process's own asks.
+    """
+    for app in _open_apps():
+        try:
+            app._stop_serving({agent.group_id for agent in app.agents.values()})
+        except Exception:  # exiting anyway: say so, go on with the others
+            logger.exception("stopping App %r's agents at exit failed", app.id)
+
+
+def _close_open_apps() -> None:
+    """Close this process's open Apps as it ends, deleting their reply topics.
+
+    Runs from ``atexit``: after the threads that were still asking ended.
+    """
+    _stop_serving_at_exit()
+    for app in _open_apps():
+        try:
+            app.close(EXIT_CLOSE_TIMEOUT)
+        except Exception:
+            logger.exception("closing App %r at exit failed", app.id)
+
+
+def _close_at_exit() -> None:
+    """Have :func:`_close_open_apps` run when this process ends.
+
+    Called each time an App connects, after kafka-python's clients
+    registered their own ``atexit`` hooks: registered again, ours runs
+    before theirs (last in, first out), while the clients still work. A
+    ``multiprocessing`` child ends with ``os._exit()``, which runs no
+    ``atexit`` hooks, only multiprocessing's finalizers: register there too
+    (once per process; each process starts with an empty registry).
+    """
+    global _finalizer_pid
+    atexit.unregister(_close_open_apps)
+    atexit.register(_close_open_apps)
+    process = sys.modules.get("multiprocessing.process")
+    if process is None or process.parent_process() is None or _finalizer_pid == os.getpid():
+        return
+    _finalizer_pid = os.getpid()
+    from multiprocessing import util
+
+    util.Finalize(None, _close_open_apps, exitpriority=100)
+
+
+#: The process that registered a multiprocessing finalizer, if any.
+_finalizer_pid: Optional[int] = None
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_apps_in_child)
+
+_register_threading_exit = getattr(threading, "_register_atexit", None)
+if _register_threading_exit is not None:
+    _register_threading_exit(_stop_serving_at_exit)
 
 
 def _app_settings() -> FrozenSet[str]:

@@ -112,16 +112,34 @@ class TransportError(ReplyError):
             its size), ``"producer_reset"`` (the record was lost because
             another one made the producer fail and it was replaced),
             ``"timeout"`` (the operation's time ran out, e.g. waiting for a
-            topic's metadata with the broker down), ``"closed"``; else
-            ``None``.
+            topic's metadata with the broker down), ``"closed"``;
+            connecting: ``"connection_refused"``, ``"name_not_resolved"``,
+            ``"unreachable"``, ``"tls_failed"`` (certificate not trusted,
+            host name mismatch, not a TLS listener), ``"protocol_mismatch"``
+            (not a Kafka broker, or another security protocol),
+            ``"authentication_failed"`` (SASL login refused);
+            ``"authorization_failed"`` (the broker's ACLs deny
+            ``operation`` on ``topic`` or ``group``); else ``None``.
+        operation: with ``"authorization_failed"``, the ACL operation that
+            was denied (``"READ"``, ``"WRITE"``, ``"CREATE"``, ``"DELETE"``,
+            ``"DESCRIBE"``); else ``None``.
+        group: the consumer group concerned, if any.
     """
 
     def __init__(
-        self, message: str, *, topic: Optional[str] = None, cause: Optional[str] = None
+        self,
+        message: str,
+        *,
+        topic: Optional[str] = None,
+        cause: Optional[str] = None,
+        operation: Optional[str] = None,
+        group: Optional[str] = None,
     ) -> None:
         super().__init__(message)
         self.topic = topic
         self.cause = cause
+        self.operation = operation
+        self.group = group
 
 
 class ReplyConsumerError(TransportError):
@@ -137,10 +155,10 @@ class DeadlockError(ReplyError, RuntimeError):
 
 
 class ForkedError(ReplyError, RuntimeError):
-    """An App started in a parent process was used in a forked child.
+    """Kept for compatibility; no longer raised.
 
-    Its threads and sockets do not exist in the child. Create and start the
-    App after the fork (for gunicorn, in a ``post_fork`` hook or lazily).
+    An App used in a forked child now forgets the parent's threads,
+    connections and generated reply topic and starts afresh on first use.
     """
 
 

@@ -127,7 +127,7 @@ class Topic:
     """A request topic that can be asked: an agent of any app, by name.
 
     Get one from :meth:`App.topic` (or use an :class:`~replies.agent.Agent`,
-    which is one). The App must be started (``with app:``) to ask.
+    which is one). Asking starts the App if it was never started.
 
     Threading model: every method may be called from any thread at once;
     the blocking ones (:meth:`ask`, iterating :meth:`map`, :meth:`join`)
@@ -185,18 +185,18 @@ class Topic:
         :class:`ReplyTimeoutError` once ``timeout`` passes even if nobody
         waits on it. Cancel it to stop waiting. Its done-callbacks run on
         the reply thread. Blocks only while the topic's metadata is unknown
-        (the first request to it), at most ``timeout``.
+        (the first request to it), at most ``timeout``, and while the App
+        starts (the first ask of an App never started).
 
         Raises:
             TypeError: the value cannot be serialized.
-            ClosedError: the App is not started or closed.
+            ClosedError: the App was closed.
             NoRespondersError: the topic does not exist.
             TransportError: the request could not be queued.
         """
         seconds = self.app._timeout(timeout)
-        promise = ReplyPromise(
-            self.app.reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name
-        )
+        reply_to = self.app._reply_topic(seconds)  # starts an App never started
+        promise = ReplyPromise(reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name)
         self._request(promise, promise.correlation_id, key, value, seconds)
         return promise
 
@@ -216,9 +216,8 @@ class Topic:
             as :meth:`ask`, while iterating.
         """
         seconds = self.app._timeout(timeout)
-        promise = ReplyStream(
-            self.app.reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name
-        )
+        reply_to = self.app._reply_topic(seconds)
+        promise = ReplyStream(reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name)
         self._request(promise, promise.correlation_id, key, value, seconds, stream=True)
         return self._values(promise, seconds)
 
@@ -429,7 +428,7 @@ class Topic:
         self, items: Iterable[Tuple[Any, Any]], timeout: Timeout
     ) -> Tuple[BarrierState, List[str], Optional[float]]:
         seconds = self.app._timeout(timeout)
-        reply_to = self.app.reply_to
+        reply_to = self.app._reply_topic(seconds)  # starts an App never started
         observer = self.app.observer
         barrier: BarrierState
         if observer is None:

@@ -321,3 +321,182 @@ def test_reply_to_without_correlation_id_is_an_error() -> None:
         Codec().encode_request(1, reply_to="r")
     with pytest.raises(ValueError, match="go together"):
         Codec().encode_request(1, correlation_id="c")
+
+
+# -- hostile input: every malformed record is a DecodeError ------------------------
+
+DEEP = b"[" * 1000 + b"]" * 1000
+
+
+@pytest.mark.parametrize("value", [DEEP, b'{"a":' * 5000 + b"1" + b"}" * 5000, b"1" * 5000])
+def test_deep_nesting_and_huge_numbers_are_decode_errors(value: bytes) -> None:
+    with pytest.raises(DecodeError) as info:
+        Codec().decode_request(b"k", value, request_headers())
+    # The address is usable: the agent can still send an error reply.
+    assert info.value.request == Request(None, b"k", REPLY_TO, CID, None)
+    with pytest.raises(DecodeError):
+        Codec().decode_reply(value, [])
+
+
+def test_deep_value_the_decoder_accepts_gets_the_hook_without_recursion() -> None:
+    depth = 600  # json.loads takes it; a recursive walk would not
+    value = b'{"a":' * depth + b"1" + b"}" * depth
+    seen: List[Dict[str, Any]] = []
+    request = recording_codec(seen).decode_request(None, value, request_headers())
+    assert len(seen) == depth
+    inner = request.value
+    for _ in range(depth):
+        assert isinstance(inner, Hooked)
+        inner = inner.data["a"]
+    assert inner == 1
+
+
+def test_encoding_a_value_nested_too_deeply_is_a_type_error() -> None:
+    deep: List[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(TypeError, match="deeply"):
+        Codec().encode_reply(CID, deep)
+
+
+def envelope(**fields: Any) -> bytes:
+    body = {"value": 1, "__faust": {"ns": "@ReqRepRequest"}, **fields}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"reply_to": 5, "correlation_id": CID},
+        {"reply_to": [None], "correlation_id": CID},
+        {"reply_to": "bad topic!", "correlation_id": CID},
+        {"reply_to": "", "correlation_id": ""},
+        {"reply_to": ".", "correlation_id": CID},
+        {"reply_to": "..", "correlation_id": CID},
+        {"reply_to": "x" * 250, "correlation_id": CID},
+        {"reply_to": REPLY_TO, "correlation_id": 5},
+        {"reply_to": REPLY_TO, "correlation_id": ""},
+        {"reply_to": REPLY_TO, "correlation_id": {"id": CID}},
+        {"reply_to": REPLY_TO},
+        {"correlation_id": CID},
+    ],
+)
+def test_envelope_with_an_unusable_reply_address_answers_nobody(fields: Dict[str, Any]) -> None:
+    with pytest.raises(DecodeError, match="unusable reply address") as info:
+        Codec().decode_request(b"k", envelope(**fields), [])
+    assert info.value.request == Request(None, b"k", None, None, None)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(HEADER_REPLY_TO, b"bad topic!"), (HEADER_CORRELATION_ID, CID.encode())],
+        [(HEADER_REPLY_TO, b"\xff\xfe"), (HEADER_CORRELATION_ID, CID.encode())],
+        [(HEADER_REPLY_TO, REPLY_TO.encode()), (HEADER_CORRELATION_ID, b"\xff")],
+        [(HEADER_REPLY_TO, None), (HEADER_CORRELATION_ID, CID.encode())],
+        [(HEADER_REPLY_TO, REPLY_TO.encode()), (HEADER_CORRELATION_ID, None)],
+        [(HEADER_REPLY_TO, REPLY_TO.encode())],
+        [(HEADER_CORRELATION_ID, CID.encode())],
+    ],
+)
+@pytest.mark.parametrize("value", [b"1", b"{not json", None])
+def test_headers_with_an_unusable_reply_address_answer_nobody(
+    headers: Headers, value: Optional[bytes]
+) -> None:
+    with pytest.raises(DecodeError) as info:
+        Codec().decode_request(b"k", value, headers)
+    assert info.value.request == Request(None, b"k", None, None, None)
+
+
+def test_legal_topic_names() -> None:
+    from replies.core.codec import legal_topic
+
+    for name in ["a", "f-reply-1", "A.b_c-9", "x" * 249, "..."]:
+        assert legal_topic(name), name
+    for name in ["", ".", "..", "x" * 250, "a b", "é", "a/b", None, 5, b"abc"]:
+        assert not legal_topic(name), name
+
+
+def test_envelope_with_a_usable_address_wins_over_broken_headers() -> None:
+    headers = [(HEADER_REPLY_TO, b"bad topic!")]
+    request = Codec().decode_request(
+        None, envelope(reply_to=REPLY_TO, correlation_id=CID), headers
+    )
+    assert request == Request(1, None, REPLY_TO, CID, None)
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+@pytest.mark.parametrize(
+    "error", [KeyError("x"), TypeError("no"), RecursionError("deep"), Unprintable(), MemoryError()]
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_object_hook_that_raises_is_a_decode_error_keeping_the_address(
+    error: Exception, mode: str
+) -> None:
+    def hook(obj: Dict[str, Any]) -> Any:
+        raise error
+
+    codec = Codec(json_object_hook=hook, request_mode=mode)
+    message = codec.encode_request({"a": 1}, key=b"k", reply_to=REPLY_TO, correlation_id=CID)
+    with pytest.raises(DecodeError, match=type(error).__name__) as info:
+        codec.decode_request(message.key, message.value, message.headers)
+    assert info.value.request == Request(None, b"k", REPLY_TO, CID, None)
+    assert info.value.__cause__ is error
+
+
+def test_reply_envelope_is_read_without_the_hook_and_its_value_after() -> None:
+    calls: List[Dict[str, Any]] = []
+
+    def hook(obj: Dict[str, Any]) -> Any:
+        calls.append(obj)
+        if "x" not in obj:
+            raise KeyError("x")
+        return ("point", obj["x"])
+
+    codec = Codec(json_object_hook=hook)
+    bad = codec.encode_reply(CID, {"__faust": {"ns": "fapp.Point"}})
+    reply = codec.decode_reply_envelope(bad.value, bad.headers)
+    assert reply == Reply(CID, {"__faust": {"ns": "fapp.Point"}})
+    assert calls == []
+    with pytest.raises(DecodeError, match="KeyError"):
+        codec.decode_reply_value(reply)
+    good = codec.encode_reply(CID, {"x": 1})
+    assert codec.decode_reply(good.value, good.headers) == Reply(CID, ("point", 1))
+
+
+@pytest.mark.parametrize(
+    "info, type_name, message",
+    [
+        ({"type": 5, "message": ["m"], "traceback": 7}, "5", "['m']"),
+        ({"type": None}, "None", ""),
+        ([[[[[[[[1]]]]]]]], "Exception", None),
+        ("x" * 1000, "Exception", None),
+    ],
+)
+def test_error_reply_fields_of_the_wrong_type_are_shown_not_trusted(
+    info: Any, type_name: str, message: Optional[str]
+) -> None:
+    value = json.dumps({"value": info, "correlation_id": CID}).encode()
+    reply = Codec().decode_reply(value, [(HEADER_ERROR, b"1")])
+    assert reply.error is not None
+    assert reply.error.type_name == type_name
+    assert isinstance(reply.error.message, str) and len(reply.error.message) < 100
+    if message is not None:
+        assert reply.error.message == message
+    assert reply.error.remote_traceback is None
+
+
+@pytest.mark.parametrize("raw", [b"nan", b"inf", b"-inf", b"1e999"])
+def test_deadline_that_is_not_finite_is_ignored(raw: bytes) -> None:
+    request = Codec().decode_request(None, b"1", request_headers() + [(HEADER_DEADLINE, raw)])
+    assert request.deadline is None
+
+
+@pytest.mark.parametrize("cid", [b'""', b"5", b"null", b"[]"])
+def test_reply_with_an_empty_or_non_string_correlation_id_is_undecodable(cid: bytes) -> None:
+    with pytest.raises(DecodeError):
+        Codec().decode_reply(b'{"value":1,"correlation_id":' + cid + b"}", [])

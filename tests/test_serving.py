@@ -207,7 +207,7 @@ def test_codec_round_trip_is_what_agents_and_callers_share() -> None:
 
 def test_group_members_share_the_work_and_take_over(make_app: MakeApp) -> None:
     def serving_member() -> replies.App:
-        member = make_app("shared", topic_partitions=4)
+        member = make_app("shared", topic_partitions=4, replace_serving=False)
 
         @member.agent(concurrency=2)
         def whoami(value: Any) -> Any:
@@ -242,7 +242,7 @@ def test_slow_handlers_neither_stall_polling_nor_buffer_without_bound(make_app: 
     app = make_app(topic_partitions=1, max_poll_interval_ms=3000)
     calls: "queue.Queue[Any]" = queue.Queue()
 
-    @app.agent(concurrency=1)
+    @app.agent(concurrency=1, max_in_flight=4)
     def slow(value: Any) -> Any:
         calls.put(value)
         time.sleep(0.25)
@@ -253,14 +253,17 @@ def test_slow_handlers_neither_stall_polling_nor_buffer_without_bound(make_app: 
     promises = [slow.ask_nowait(i, timeout=60) for i in range(24)]
     held = 0
     while not all(p.done() for p in promises):
-        held = max(held, len(worker._backlog) + worker._in_flight)
+        held = max(held, worker.in_flight)
         time.sleep(0.005)
     assert [p.result() for p in promises] == list(range(24))
-    assert held <= 2 * worker._max_in_flight, "records held in memory stay bounded"
+    # One poll may overshoot the window by what it returns at once.
+    assert held <= 2 * slow.max_in_flight, "records held in memory stay bounded"
     assert calls.qsize() == 24, "each request handled once: the member never left the group"
 
 
-def test_a_reply_that_cannot_be_sent_is_never_committed(make_app: MakeApp) -> None:
+def test_a_reply_that_cannot_be_sent_is_counted_and_committed(make_app: MakeApp) -> None:
+    # Stopping instead would leave the record uncommitted, and a restarted
+    # worker would meet it again: a crash loop.
     app = make_app(topic_partitions=1)
     echo, calls = recording_echo(app)
     app.start().serve()
@@ -268,7 +271,7 @@ def test_a_reply_that_cannot_be_sent_is_never_committed(make_app: MakeApp) -> No
     real_produce = transport.produce
 
     def produce_failing_replies(topic: str, message: Message, **options: Any) -> Any:
-        if topic == app.reply_to:
+        if topic == app.reply_to and b"lost reply" in (message.value or b""):
             raise replies.TransportError("the broker is gone (simulated)")
         return real_produce(topic, message, **options)
 
@@ -276,8 +279,10 @@ def test_a_reply_that_cannot_be_sent_is_never_committed(make_app: MakeApp) -> No
     echo.ask_nowait("lost reply")
     assert calls.get(timeout=20) == "lost reply"
     worker = app._workers[0]
-    _wait_for(lambda: not worker.alive)  # stops rather than skip the request
-    assert committed(app, echo.group_id).get(0, 0) == 0
+    assert echo.ask("next") == "next"
+    assert worker.alive
+    _wait_for(lambda: committed(app, echo.group_id).get(0) == 2)
+    assert worker.reply_failures == 1 and worker.handled == 2
 
 
 def test_a_rebalance_that_never_finishes_makes_the_member_rejoin(
@@ -309,3 +314,33 @@ def test_a_rebalance_that_never_finishes_makes_the_member_rejoin(
         assert "rebalance unfinished" in caplog.text
     finally:
         app.close()
+
+
+def test_the_in_flight_window_is_also_bounded_in_bytes(make_app: MakeApp) -> None:
+    app = make_app(topic_partitions=1)
+
+    @app.agent(max_in_flight=10, max_in_flight_bytes=3000)
+    def slow(value: Any) -> Any:
+        time.sleep(0.02)
+        return len(value)
+
+    app.start().serve()
+    worker = app._workers[0]
+    promises = [slow.ask_nowait("x" * 1000, timeout=60) for _ in range(30)]
+    held = 0
+    while not all(p.done() for p in promises):
+        held = max(held, worker.in_flight)
+        time.sleep(0.002)
+    assert [p.result() for p in promises] == [1000] * 30
+    # Three 1 KB requests fill the window; one poll may add what it
+    # returns (at most max_in_flight records).
+    assert held <= 3 + 10
+    _wait_for(lambda: worker.in_flight == 0 and worker._held_bytes == 0)
+
+
+def test_in_flight_settings_are_checked(make_app: MakeApp) -> None:
+    app = make_app()
+    with pytest.raises(ValueError, match="max_in_flight"):
+        app.agent(max_in_flight=0)(lambda value: value)
+    with pytest.raises(ValueError, match="max_in_flight_bytes"):
+        app.agent(max_in_flight_bytes=0)(lambda value: value)

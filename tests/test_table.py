@@ -401,3 +401,56 @@ def test_done_callback_may_call_back_into_the_table_without_deadlock(finish: str
     assert not finisher.is_alive(), "a done-callback deadlocked"
     assert promise.done()
     assert seen == [0, "closed" if finish == "close" else True, False]
+
+
+# -- decoding only what somebody waits for ------------------------------------
+
+
+def test_deliver_decodes_only_replies_somebody_waits_for() -> None:
+    table = CorrelationTable()
+    promise = waiting(table)
+    decoded: List[Reply] = []
+
+    def decode(reply: Reply) -> Reply:
+        decoded.append(reply)
+        return reply._replace(value=("decoded", reply.value))
+
+    assert table.deliver(Reply("nobody", {"raw": 1}), decode) is False
+    assert decoded == [] and table.unknown == 1
+    assert table.deliver(Reply(promise.correlation_id, {"raw": 2}), decode) is True
+    assert promise.result(0) == ("decoded", {"raw": 2})
+    assert len(decoded) == 1
+    assert_empty(table)
+
+
+def test_a_reply_that_fails_to_decode_fails_only_its_waiter() -> None:
+    from replies.errors import DecodeError
+
+    table = CorrelationTable()
+    bad, good = waiting(table), waiting(table)
+    error = DecodeError("json_object_hook raised KeyError: 'x'")
+
+    def decode(reply: Reply) -> Reply:
+        if reply.correlation_id == bad.correlation_id:
+            raise error
+        return reply
+
+    assert table.deliver(Reply(bad.correlation_id, {}), decode) is True
+    assert bad.exception(0) is error
+    assert not good.done()
+    assert table.deliver(Reply(good.correlation_id, 7), decode) is True
+    assert good.result(0) == 7
+    assert_empty(table)
+
+
+def test_fail_pending_fails_the_waiters_and_keeps_the_table_open() -> None:
+    table = CorrelationTable()
+    first, second = waiting(table), waiting(table)
+    assert table.fail_pending("cannot read", ReplyConsumerError) == 2
+    for promise in (first, second):
+        with pytest.raises(ReplyConsumerError, match="cannot read"):
+            promise.result(0)
+    assert_empty(table)
+    later = waiting(table)  # still accepted
+    assert table.deliver(Reply(later.correlation_id, 1)) is True
+    assert later.result(0) == 1

@@ -12,12 +12,22 @@ reads no reply headers, so this library marks its additions with headers of
 its own: an error reply, a reply that more replies follow, the end of a
 stream, and a request's deadline.
 
+Decoding is total: whatever bytes and headers a record carries (truncated
+or deeply nested JSON, wrong types in any field, non-UTF-8 text, a
+``json_object_hook`` that raises), a decode either returns a well-typed
+result or raises :class:`DecodeError`, never anything else. A decoded
+request's ``reply_to`` and ``correlation_id`` are both non-empty strings,
+the reply topic a legal Kafka topic name, or both ``None`` (a cast).
+
 Pure functions and plain data only: nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import reprlib
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -58,6 +68,15 @@ NS_MODEL_RESPONSE = "faust.agents.models.ModelReqRepResponse"
 # What json.dumps encodes without calling ``default``.
 _JSON_TYPES = (dict, list, tuple, str, int, float)
 
+# A legal Kafka topic name (Kafka's own rule): 1 to 249 of these characters,
+# and neither "." nor "..".
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+# Bounded, recursion-safe reprs of hostile values for error messages.
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+
 #: ``"headers"``: Faust >= 1.10's form; ``"envelope"``: older Faust's.
 REQUEST_MODES = ("headers", "envelope")
 VALUE_SERIALIZERS = ("json", "raw")
@@ -85,10 +104,36 @@ class Request(NamedTuple):
     stream: bool = False
 
 
+def legal_topic(name: object) -> bool:
+    """Whether ``name`` is a topic name Kafka accepts."""
+    return (
+        isinstance(name, str)
+        and name not in (".", "..")
+        and _TOPIC_NAME.fullmatch(name) is not None
+    )
+
+
+def _short(obj: object) -> str:
+    """A short repr of any decoded value, safe for deep or huge ones."""
+    try:
+        return _repr.repr(obj)
+    except Exception:  # an exotic __repr__; decoded JSON has none
+        return f"<{type(obj).__name__}>"
+
+
 def _header(headers: Sequence[Tuple[str, Optional[bytes]]], name: str) -> Optional[bytes]:
+    """The first value of header ``name``; ``b""`` for a null value.
+
+    Raises:
+        DecodeError: the value is neither bytes nor null.
+    """
     for key, value in headers:
         if key == name:
-            return value if value is not None else b""
+            if value is None:
+                return b""
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                return bytes(value)
+            raise DecodeError(f"{name} header is not bytes: {type(value).__name__}")
     return None
 
 
@@ -98,7 +143,76 @@ def _text(raw: Optional[bytes], what: str) -> Optional[str]:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DecodeError(f"{what} header is not UTF-8: {raw!r}") from exc
+        raise DecodeError(f"{what} header is not UTF-8: {raw[:80]!r}") from exc
+
+
+def _address(reply_to: object, correlation_id: object) -> Tuple[Optional[str], Optional[str]]:
+    """A request's reply address, checked: both usable, or both ``None``.
+
+    Args:
+        reply_to: the reply topic as found, ``None`` if absent.
+        correlation_id: the correlation id as found, ``None`` if absent.
+
+    Raises:
+        DecodeError: only one of them is given, the topic is not a legal
+            Kafka topic name, or the id is not a non-empty string: nobody
+            can be answered.
+    """
+    if reply_to is None and correlation_id is None:
+        return None, None  # a cast
+    if legal_topic(reply_to) and isinstance(correlation_id, str) and correlation_id:
+        return reply_to, correlation_id  # type: ignore[return-value]
+    raise DecodeError(
+        f"unusable reply address: reply_to={_short(reply_to)}, "
+        f"correlation_id={_short(correlation_id)}"
+    )
+
+
+def _header_address(headers: Headers) -> Tuple[Optional[str], Optional[str]]:
+    """The reply address from the request headers (see :func:`_address`)."""
+    return _address(
+        _text(_header(headers, HEADER_REPLY_TO), HEADER_REPLY_TO),
+        _text(_header(headers, HEADER_CORRELATION_ID), HEADER_CORRELATION_ID),
+    )
+
+
+def _apply_hook(root: Any, hook: Callable[[Dict[str, Any]], Any]) -> Any:
+    """Rebuild plain JSON data with ``hook`` applied to every object.
+
+    Innermost objects first, as :func:`json.loads` would call it. Iterative,
+    so that any depth :func:`json.loads` accepted is walked without
+    recursion.
+    """
+    if not isinstance(root, (dict, list)):
+        return root
+
+    def frame(node: Any) -> List[Any]:
+        # [node, iterator over (key, child), what is built, key of the child being built]
+        if isinstance(node, dict):
+            return [node, iter(node.items()), {}, None]
+        return [node, iter(enumerate(node)), [], None]
+
+    def put(built: Any, key: Any, value: Any) -> None:
+        if isinstance(built, dict):
+            built[key] = value
+        else:
+            built.append(value)
+
+    stack = [frame(root)]
+    while True:
+        top = stack[-1]
+        for key, child in top[1]:
+            if isinstance(child, (dict, list)):
+                top[3] = key
+                stack.append(frame(child))
+                break
+            put(top[2], key, child)
+        else:
+            stack.pop()
+            done = hook(top[2]) if isinstance(top[0], dict) else top[2]
+            if not stack:
+                return done
+            put(stack[-1][2], stack[-1][3], done)
 
 
 def echo_key(key: Optional[bytes]) -> Optional[str]:
@@ -174,6 +288,8 @@ class Codec:
 
         try:
             text = json.dumps(obj, separators=(",", ":"), default=default)
+        except RecursionError as exc:
+            raise TypeError(f"cannot encode a {type(obj).__name__} as JSON: nested too deeply") from exc
         except (TypeError, ValueError) as exc:
             what = type(refused[-1] if refused else obj).__name__
             raise TypeError(
@@ -187,25 +303,35 @@ class Codec:
         """Decode JSON bytes as they are (no object hook).
 
         Raises:
-            DecodeError: not valid UTF-8 JSON.
+            DecodeError: not valid UTF-8 JSON, nested too deeply for the
+                decoder, or not bytes at all.
         """
         try:
             return json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise DecodeError(f"not valid JSON: {data[:80]!r}") from exc
+        except RecursionError as exc:
+            raise DecodeError(f"JSON nested too deeply: {bytes(data[:80])!r}...") from exc
+        except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+            raise DecodeError(f"not valid JSON: {_short(data)}") from exc
 
     def _hook(self, obj: Any) -> Any:
         """Apply the object hook to every dict in ``obj``, innermost first.
 
         Only user values get the hook, never the envelope around them.
+
+        Raises:
+            DecodeError: the hook raised (any :class:`Exception`); the
+                hook's exception is chained.
         """
         if self._object_hook is None:
             return obj
-        if isinstance(obj, list):
-            return [self._hook(item) for item in obj]
-        if isinstance(obj, dict):
-            return self._object_hook({k: self._hook(v) for k, v in obj.items()})
-        return obj
+        try:
+            return _apply_hook(obj, self._object_hook)
+        except Exception as exc:
+            try:
+                what = f"{type(exc).__name__}: {exc}"
+            except Exception:  # an exception whose str() raises
+                what = type(exc).__name__
+            raise DecodeError(f"json_object_hook raised {what[:200]}") from exc
 
     def _jsonable(self, value: Any) -> Any:
         """``value``, or what ``json_default`` makes of it if JSON cannot.
@@ -230,7 +356,11 @@ class Codec:
         return self.dumps(value)
 
     def decode_value(self, data: Optional[bytes]) -> Any:
-        """Deserialize a request value with the value serializer."""
+        """Deserialize a request value with the value serializer.
+
+        Raises:
+            DecodeError: not JSON, or the object hook raised.
+        """
         if self.value_serializer == "raw" or data is None:
             return data
         return self._hook(self.loads(data))
@@ -296,35 +426,59 @@ class Codec:
     ) -> Request:
         """Read a request in either mode.
 
+        The reply address comes from the envelope for an envelope-mode
+        request (as in Faust, it wins over headers), else from the headers.
+        It is usable only if both the reply topic (a legal Kafka topic name)
+        and the correlation id (a non-empty string) are there, or neither
+        (a cast).
+
         Raises:
-            DecodeError: the value or a header cannot be decoded. The error's
-                ``request`` attribute holds what could be read (reply topic
-                and correlation id from headers), so an agent can still send
-                an error reply.
+            DecodeError: the value or a header cannot be decoded, the object
+                hook raised, or the reply address is unusable. The error's
+                ``request`` attribute holds what could be read: key,
+                deadline, and the reply address if it is usable (else
+                ``None`` for both), so an agent can still send an error
+                reply where one can be sent.
         """
-        reply_to = _text(_header(headers, HEADER_REPLY_TO), HEADER_REPLY_TO)
-        correlation_id = _text(_header(headers, HEADER_CORRELATION_ID), HEADER_CORRELATION_ID)
         deadline = _deadline_of(headers)
-        stream = _header(headers, HEADER_STREAM) is not None
+        stream = _stream_of(headers)
         try:
-            if self.value_serializer == "raw" or value is None:
-                return Request(value, key, reply_to, correlation_id, deadline, stream)
+            reply_to, correlation_id = _header_address(headers)
+        except DecodeError as exc:
+            header_error: Optional[DecodeError] = exc
+            reply_to = correlation_id = None
+        else:
+            header_error = None
+
+        def fail(error: DecodeError, to: Optional[str], cid: Optional[str]) -> DecodeError:
+            error.request = Request(None, key, to, cid, deadline, stream)
+            return error
+
+        if self.value_serializer == "raw" or value is None:
+            if header_error is not None:
+                raise fail(header_error, None, None)
+            return Request(value, key, reply_to, correlation_id, deadline, stream)
+        try:
             decoded = self.loads(value)
         except DecodeError as exc:
-            exc.request = Request(None, key, reply_to, correlation_id, deadline, stream)
-            raise
+            raise fail(exc, reply_to, correlation_id) from exc.__cause__
         # As in Faust, an envelope wins over reply headers: a value that is
         # a request envelope is unwrapped whatever the headers say.
         if _namespace(decoded) in (NS_REQUEST, NS_MODEL_REQUEST):
-            return Request(
-                self._hook(decoded.get("value")),
-                key,
-                decoded.get("reply_to") or None,
-                decoded.get("correlation_id") or None,
-                deadline,
-                stream,
-            )
-        return Request(self._hook(decoded), key, reply_to, correlation_id, deadline, stream)
+            try:
+                reply_to, correlation_id = _address(
+                    decoded.get("reply_to"), decoded.get("correlation_id")
+                )
+            except DecodeError as exc:
+                raise fail(exc, None, None) from None
+            decoded = decoded.get("value")
+        elif header_error is not None:
+            raise fail(header_error, None, None)
+        try:
+            result = self._hook(decoded)
+        except DecodeError as exc:
+            raise fail(exc, reply_to, correlation_id) from exc.__cause__
+        return Request(result, key, reply_to, correlation_id, deadline, stream)
 
     # -- replies --------------------------------------------------------
 
@@ -368,35 +522,69 @@ class Codec:
         }
         return Message(None, self.dumps(body), headers)
 
-    def decode_reply(self, value: Optional[bytes], headers: Headers) -> Reply:
-        """Read a reply record.
+    def decode_reply_envelope(self, value: Optional[bytes], headers: Headers) -> Reply:
+        """Read a reply record, leaving its value as plain JSON.
+
+        The object hook is not applied: a reply is matched to its waiter by
+        correlation id first, and only a reply somebody waits for has its
+        value decoded, by :meth:`decode_reply_value`.
 
         Raises:
-            DecodeError: not a ``@ReqRepResponse`` with a correlation id.
+            DecodeError: not a ``@ReqRepResponse``-like JSON object with a
+                non-empty string correlation id, or malformed headers.
         """
         if value is None:
             raise DecodeError("reply record has no value")
         body = self.loads(value)
-        if not isinstance(body, dict) or not isinstance(body.get("correlation_id"), str):
-            raise DecodeError(f"not a reply (no correlation_id): {value[:80]!r}")
-        cid: str = body["correlation_id"]
+        cid = body.get("correlation_id") if isinstance(body, dict) else None
+        if not isinstance(cid, str) or not cid:
+            raise DecodeError(f"not a reply (no correlation_id): {bytes(value[:80])!r}")
         if _header(headers, HEADER_ERROR) is not None:
-            info = body.get("value")
-            if not isinstance(info, dict):
-                info = {"type": "Exception", "message": repr(info)}
-            error = RemoteError(
-                str(info.get("type", "Exception")),
-                str(info.get("message", "")),
-                remote_traceback=info.get("traceback"),
-                correlation_id=cid,
-            )
-            return Reply(cid, None, error=error)
+            return Reply(cid, None, error=_remote_error(body.get("value"), cid))
         return Reply(
             cid,
-            self._hook(body.get("value")),
+            body.get("value"),
             more=_header(headers, HEADER_MORE) is not None,
             end=_header(headers, HEADER_END) is not None,
         )
+
+    def decode_reply_value(self, reply: Reply) -> Reply:
+        """Apply the object hook to a reply read by :meth:`decode_reply_envelope`.
+
+        Raises:
+            DecodeError: the object hook raised.
+        """
+        if reply.error is not None or self._object_hook is None:
+            return reply
+        return reply._replace(value=self._hook(reply.value))
+
+    def decode_reply(self, value: Optional[bytes], headers: Headers) -> Reply:
+        """Read a reply record, value included.
+
+        Raises:
+            DecodeError: see :meth:`decode_reply_envelope` and
+                :meth:`decode_reply_value`.
+        """
+        return self.decode_reply_value(self.decode_reply_envelope(value, headers))
+
+
+def _remote_error(info: Any, correlation_id: str) -> RemoteError:
+    """The :class:`RemoteError` an error reply's value describes.
+
+    Takes whatever the value is: fields of the wrong type are shown, not
+    trusted.
+    """
+    if not isinstance(info, dict):
+        info = {"type": "Exception", "message": _short(info)}
+    type_name = info.get("type", "Exception")
+    message = info.get("message", "")
+    trace = info.get("traceback")
+    return RemoteError(
+        type_name if isinstance(type_name, str) else _short(type_name),
+        message if isinstance(message, str) else _short(message),
+        remote_traceback=trace if isinstance(trace, str) else None,
+        correlation_id=correlation_id,
+    )
 
 
 def _namespace(obj: Any) -> Optional[str]:
@@ -412,13 +600,21 @@ def _is_record(obj: Any) -> bool:
 
 
 def _deadline_of(headers: Headers) -> Optional[float]:
-    raw = _header(headers, HEADER_DEADLINE)
-    if raw is None:
-        return None
     try:
-        return float(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+        raw = _header(headers, HEADER_DEADLINE)
+        if raw is None:
+            return None
+        deadline = float(raw.decode("ascii"))
+    except (DecodeError, UnicodeDecodeError, ValueError):
         return None  # a malformed deadline never stops a request
+    return deadline if math.isfinite(deadline) else None
+
+
+def _stream_of(headers: Headers) -> bool:
+    try:
+        return _header(headers, HEADER_STREAM) is not None
+    except DecodeError:
+        return True  # present, with a value of the wrong type
 
 
 def deadline_after(timeout: Optional[float]) -> Optional[float]:

@@ -5,9 +5,12 @@ Theory of operation
 Callers register a promise under a correlation id *before* the request is
 sent, so a reply can never arrive before its waiter. A barrier registers
 once per request, all under the same promise. The reply thread calls
-:meth:`CorrelationTable.deliver` for every decoded reply; an id nobody
-waits for (late, duplicate, or another client's on a shared reply topic) is
-counted and dropped.
+:meth:`CorrelationTable.deliver` for every reply whose envelope it could
+read; an id nobody waits for (late, duplicate, or another client's on a
+shared reply topic) is counted and dropped, and the reply's value is never
+decoded (``deliver``'s ``decode`` runs only for an awaited id), so a value
+that the user's object hook cannot take harms nobody unless somebody waits
+for it; then only that waiter fails.
 
 An entry leaves the table when its reply is delivered (a stream's entry
 stays until its last reply), and every entry of a promise leaves when that
@@ -129,10 +132,17 @@ class CorrelationTable:
             if promise is not None:
                 self._ids_of[promise].discard(correlation_id)
 
-    def deliver(self, reply: Reply) -> bool:
+    def deliver(self, reply: Reply, decode: Optional[Callable[[Reply], Reply]] = None) -> bool:
         """Hand a reply to its waiter. Called by the reply thread.
 
         Runs the waiter's done-callbacks on the calling thread.
+
+        Args:
+            reply: the reply, as far as it was decoded.
+            decode: finishes decoding the reply (e.g. applies the user's
+                object hook to its value); called only if a promise waits
+                for the reply's id, outside the lock. If it raises an
+                :class:`Exception`, the waiter fails with that exception.
 
         Returns:
             True if a promise waited for the reply's id.
@@ -147,6 +157,12 @@ class CorrelationTable:
             if not (promise.streaming and reply.more):
                 del self._waiters[cid]
                 self._ids_of[promise].discard(cid)
+        if decode is not None and reply.error is None:
+            try:
+                reply = decode(reply)
+            except Exception as exc:
+                promise.reject(cid, exc)
+                return True
         if reply.error is not None:
             promise.reject(cid, reply.error)
         elif promise.streaming:
@@ -192,6 +208,21 @@ class CorrelationTable:
         """
         with self._lock:
             self._closed = reason
+            promises: Iterable[ReplyPromise] = list(self._ids_of)
+        return sum(promise._fail(make_error(reason)) for promise in promises)
+
+    def fail_pending(
+        self, reason: str, make_error: Callable[[str], BaseException]
+    ) -> int:
+        """Fail every waiting promise, but keep accepting new ones.
+
+        For a reply consumer that cannot read for a while: those waiting
+        now learn it, and requests made once it reads again are served.
+
+        Returns:
+            How many promises this call failed.
+        """
+        with self._lock:
             promises: Iterable[ReplyPromise] = list(self._ids_of)
         return sum(promise._fail(make_error(reason)) for promise in promises)
 

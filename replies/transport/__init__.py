@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Collection, List, Mapping, Tuple
+from typing import Any, Collection, List, Mapping, Optional, Tuple
 
 from replies.transport.base import GroupReader, Reader, Record, Transport
 
@@ -51,6 +51,7 @@ def open_transport(
     *,
     replication_factor: int = -1,
     auto_create_topics: bool = False,
+    connect_timeout: Optional[float] = None,
 ) -> Transport:
     """Open the transport a broker URL names.
 
@@ -60,11 +61,14 @@ def open_transport(
         replication_factor: for topics created on Kafka.
         auto_create_topics: a record to a missing topic creates it (else it
             is refused with :class:`~replies.errors.NoRespondersError`).
+        connect_timeout: seconds to reach a Kafka broker and log in (None:
+            ``bootstrap_timeout_ms`` if set, else 10).
 
     Raises:
         ValueError: an unknown scheme or no host.
         TypeError: an unknown Kafka setting.
-        TransportError: the Kafka client could not be created.
+        TransportError: the Kafka broker could not be reached or refused
+            the login within ``connect_timeout``; ``cause`` says why.
     """
     scheme, hosts = _parse(url)
     if scheme == "memory":
@@ -78,4 +82,5 @@ def open_transport(
         settings,
         replication_factor=replication_factor,
         auto_create_topics=auto_create_topics,
+        connect_timeout=connect_timeout,
     )

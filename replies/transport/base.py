@@ -70,6 +70,10 @@ class TopicReaders(NamedTuple):
 class Reader(abc.ABC):
     """Consumes records. Owned by one thread: not thread-safe."""
 
+    #: Records this reader could not read at all (e.g. a header key the
+    #: client library cannot decode), logged and skipped past.
+    skipped: int = 0
+
     @abc.abstractmethod
     def poll(self, timeout: float) -> List[Record]:
         """Return the records that arrived, waiting up to ``timeout`` s."""

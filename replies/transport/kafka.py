@@ -12,16 +12,23 @@ from __future__ import annotations
 import concurrent.futures
 import difflib
 import logging
+import socket
+import ssl
 import struct
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Set
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Set, Tuple
 
 import kafka
 import kafka.errors
 from kafka.admin import ConfigResource, ConfigResourceType, OffsetSpec
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.net.sasl import get_sasl_mechanism
+from kafka.net.transport import KafkaSSLTransport
+from kafka.protocol.metadata.api_versions import ApiVersionsRequest
+from kafka.protocol.parser import KafkaProtocol
+from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
 from kafka.structs import OffsetAndMetadata
 
 from replies.core.codec import Message
@@ -37,7 +44,7 @@ from replies.transport.base import (
     Transport,
 )
 
-__all__ = ["KafkaTransport", "KAFKA_SETTINGS", "check_settings"]
+__all__ = ["KafkaTransport", "KAFKA_SETTINGS", "DEFAULT_CONNECT_TIMEOUT", "check_connection", "check_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,9 @@ _RESERVED = {
     "allow_auto_create_topics",
 }
 
+#: Seconds to reach a broker, log in and bootstrap, unless told otherwise.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
 #: Producer settings of this library's own unless the App sets them.
 #: ``max_block_ms`` bounds a send whose caller gave no timeout.
 _PRODUCER_DEFAULTS: Dict[str, Any] = {"max_block_ms": 10_000}
@@ -67,6 +77,11 @@ _PRODUCER_DEFAULTS: Dict[str, Any] = {"max_block_ms": 10_000}
 #: (a v2 batch header plus one record's framing, rounded up).
 _BATCH_OVERHEAD = 128
 _SIZE_ERRORS = (kafka.errors.MessageSizeTooLargeError, kafka.errors.RecordListTooLargeError)
+_AUTH_ERRORS = (
+    kafka.errors.TopicAuthorizationFailedError,
+    kafka.errors.GroupAuthorizationFailedError,
+    kafka.errors.ClusterAuthorizationFailedError,
+)
 
 #: How long metadata must keep saying a topic is missing before a record to
 #: it is refused: a topic another client has just created can be unknown to
@@ -110,21 +125,98 @@ def _pick(settings: Mapping[str, Any], names: Set[str]) -> Dict[str, Any]:
 
 
 class _KafkaReader(Reader):
-    """A reader on one KafkaConsumer; reply readers are exactly this."""
+    """A reader on one KafkaConsumer; reply readers are exactly this.
+
+    A record kafka-python cannot parse (a header key that is not UTF-8,
+    which other clients can write, or a corrupt batch) makes its ``poll``
+    raise, and every later ``poll`` spin without end on the same data; so
+    :meth:`poll` seeks past the rest of that record's batch, logs it, and
+    counts it in ``skipped``. A batch comes from one producer's request, so
+    what is skipped with it was written by the same client.
+    """
 
     def __init__(self, consumer: kafka.KafkaConsumer) -> None:
         self._consumer = consumer
+        self.skipped = 0
 
     def poll(self, timeout: float) -> List[Record]:
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
-        except kafka.errors.KafkaError as exc:
-            raise TransportError(f"polling failed: {exc}") from exc
+        except Exception as exc:
+            if not self._skip_unreadable(exc):
+                raise TransportError(f"polling failed: {exc!r}") from exc
+            return []
         return [_record(r) for batch in batches.values() for r in batch]
+
+    def _skip_unreadable(self, exc: Exception) -> bool:
+        """Seek past the records that made ``poll`` raise, if that was the cause.
+
+        Returns:
+            Whether the consumer was moved past them.
+        """
+        found = _unreadable_records(exc)
+        if found is None:
+            return False
+        tp, first, after = found
+        try:
+            self._consumer.seek(tp, after)
+        except (kafka.errors.KafkaError, ValueError, TypeError) as error:
+            logger.debug("cannot seek past unreadable records: %s", error)
+            return False
+        self.skipped += after - first
+        logger.warning(
+            "skipped records %s[%d]@%d..%d: kafka-python cannot read them (%s)",
+            tp.topic,
+            tp.partition,
+            first,
+            after - 1,
+            exc.__context__ or exc,
+        )
+        return True
 
     def close(self) -> None:
         # For a group member this leaves the group, so the others take over.
         self._consumer.close(autocommit=False)
+
+
+def _unreadable_records(exc: BaseException) -> Optional[Tuple[Any, int, int]]:
+    """Where the records are that kafka-python failed to parse.
+
+    kafka-python parses a fetched batch lazily in
+    ``Fetcher.PartitionRecords._unpack_records`` (locals ``tp`` and
+    ``batch``), and wraps a record it cannot read (``_read_msg``, local
+    ``offset``) in a ``CorruptRecordError``; the partition's generator is
+    dead after that. Its frames stay on the exception's traceback.
+
+    Returns:
+        ``(partition, first offset to skip, offset to resume at)``: from
+        the unreadable record (or the partition's next fetch offset) to
+        the end of its batch; or None if ``exc`` did not come from parsing.
+    """
+    tp = batch = fetch_offset = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_unpack_records":
+            tp = frame.f_locals.get("tp")
+            batch = frame.f_locals.get("batch")
+            fetch_offset = getattr(frame.f_locals.get("self"), "next_fetch_offset", None)
+        tb = tb.tb_next
+    if not isinstance(tp, kafka.TopicPartition) or not isinstance(fetch_offset, int):
+        return None
+    first = fetch_offset
+    cause = exc.__context__
+    tb = cause.__traceback__ if cause is not None else None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_read_msg":
+            offset = tb.tb_frame.f_locals.get("offset")
+            if isinstance(offset, int) and offset >= fetch_offset:
+                first = offset
+        tb = tb.tb_next
+    after = getattr(batch, "next_offset", None)
+    if not isinstance(after, int) or after <= first:
+        return None  # nothing known to skip: moving on would lose records or loop
+    return tp, first, after
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -202,11 +294,19 @@ class KafkaTransport(Transport):
             to (its ``auto.create.topics.enable`` decides); by default a
             topic that does not exist is refused with
             :class:`NoRespondersError`.
+        connect_timeout: seconds to reach a bootstrap server, log in and
+            bootstrap (:func:`check_connection`, then kafka-python's
+            bootstrap); also each client's ``bootstrap_timeout_ms`` unless
+            the settings give one, which then bounds it too. None:
+            ``bootstrap_timeout_ms`` if set, else
+            :data:`DEFAULT_CONNECT_TIMEOUT`.
 
     Raises:
         TypeError: a setting that no kafka-python client accepts, or one
             this library manages itself.
-        TransportError: the producer could not be created.
+        TransportError: the broker could not be reached, or refused the
+            login, within ``connect_timeout``; ``cause`` names why (see
+            :func:`check_connection`).
 
     Threading model: the producer is shared by every thread; one that
     kafka-python marked fatally failed is replaced by the next
@@ -223,9 +323,23 @@ class KafkaTransport(Transport):
         *,
         replication_factor: int = -1,
         auto_create_topics: bool = False,
+        connect_timeout: Optional[float] = None,
     ) -> None:
         settings = dict(settings or {})
         check_settings(settings)
+        if "bootstrap_timeout_ms" in settings:
+            # Given explicitly, kafka-python's own bound is honoured too.
+            bound = settings["bootstrap_timeout_ms"] / 1000
+            connect_timeout = bound if connect_timeout is None else min(connect_timeout, bound)
+        elif connect_timeout is None:
+            connect_timeout = DEFAULT_CONNECT_TIMEOUT
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be > 0, not {connect_timeout!r}")
+        deadline = time.monotonic() + connect_timeout
+        check_connection(bootstrap_servers, settings, deadline)
+        # Every client bootstraps within the connect timeout unless told
+        # otherwise (kafka-python's default is 30 s).
+        settings.setdefault("bootstrap_timeout_ms", max(1, int(connect_timeout * 1000)))
         self._settings = settings
         self._bootstrap = bootstrap_servers
         self._replication_factor = replication_factor
@@ -242,16 +356,17 @@ class KafkaTransport(Transport):
         # the topic of each.
         self._pending_lock = threading.Lock()
         self._pending: Dict[Future[None], str] = {}
-        self._producer = self._new_producer(time.monotonic() + self._max_block)
+        self._producer = self._new_producer(deadline)
 
     def _new_producer(self, deadline: float) -> kafka.KafkaProducer:
         config = dict(self._producer_config)
-        if "bootstrap_timeout_ms" not in self._settings:
-            config["bootstrap_timeout_ms"] = max(1, int((deadline - time.monotonic()) * 1000))
+        config["bootstrap_timeout_ms"] = max(
+            1, min(config["bootstrap_timeout_ms"], int((deadline - time.monotonic()) * 1000))
+        )
         try:
             producer = kafka.KafkaProducer(bootstrap_servers=self._bootstrap, **config)
         except kafka.errors.KafkaError as exc:
-            raise TransportError(f"cannot connect to {self._bootstrap}: {exc}") from exc
+            raise _connect_error(self._bootstrap, exc) from exc
         _set_auto_create(producer._metadata, self._auto_create)
         producer._metadata.add_listener(self._on_metadata)
         return producer
@@ -294,16 +409,31 @@ class KafkaTransport(Transport):
                 **merged,
             )
         except kafka.errors.KafkaError as exc:
-            raise TransportError(f"cannot connect to {self._bootstrap}: {exc}") from exc
+            raise _connect_error(self._bootstrap, exc) from exc
         _set_auto_create(consumer._client.cluster, False)
         return consumer
 
     def _admin_locked(self) -> kafka.KafkaAdminClient:
         if self._admin is None:
-            self._admin = kafka.KafkaAdminClient(
-                bootstrap_servers=self._bootstrap, **_pick(self._settings, _ADMIN)
-            )
+            self._admin = self._new_admin({})
         return self._admin
+
+    def _new_admin(self, overrides: Mapping[str, Any]) -> kafka.KafkaAdminClient:
+        """A connected admin client, or a TransportError naming the cause.
+
+        The broker is checked first: a KafkaAdminClient that cannot
+        bootstrap raises from its constructor and leaves its IO thread
+        running (kafka-python 3.0), so none is made while the broker is
+        known to be out of reach.
+        """
+        config = {**_pick(self._settings, _ADMIN), **overrides}
+        check_connection(
+            self._bootstrap, self._settings, time.monotonic() + config["bootstrap_timeout_ms"] / 1000
+        )
+        try:
+            return kafka.KafkaAdminClient(bootstrap_servers=self._bootstrap, **config)
+        except kafka.errors.KafkaError as exc:
+            raise _connect_error(self._bootstrap, exc) from exc
 
     # -- producing ----------------------------------------------------------
 
@@ -329,6 +459,8 @@ class KafkaTransport(Transport):
                 cause="too_large",
             ) from exc
         except kafka.errors.KafkaError as exc:
+            if _authorization_failure(exc):
+                raise self._denied(exc, "WRITE", topic=topic) from exc
             raise TransportError(f"cannot send to {topic}: {exc}", topic=topic) from exc
         acked: Future[None] = Future()
         with self._pending_lock:
@@ -346,11 +478,14 @@ class KafkaTransport(Transport):
                     daemon=True,
                 ).start()
                 return
-            error = TransportError(
-                f"send to {topic} failed: {exc}",
-                topic=topic,
-                cause="closed" if self._closed else None,
-            )
+            if _authorization_failure(exc):
+                error = self._denied(exc, "WRITE", topic=topic)
+            else:
+                error = TransportError(
+                    f"send to {topic} failed: {exc}",
+                    topic=topic,
+                    cause="closed" if self._closed else None,
+                )
             error.__cause__ = exc
             _settle(acked, error)
 
@@ -447,6 +582,9 @@ class KafkaTransport(Transport):
                         _untrack(cluster, topic)
                         raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
                     time.sleep(max(0.0, min(_MISSING_RETRY, deadline - now)))
+            elif isinstance(error, _AUTH_ERRORS):
+                _untrack(cluster, topic)
+                raise self._denied(error, "WRITE", topic=topic) from error
             elif not error.retriable:
                 raise TransportError(
                     f"cannot get metadata for topic {topic}: {error}", topic=topic
@@ -527,10 +665,19 @@ class KafkaTransport(Transport):
                     admin.create_topics(spec)
                 except kafka.errors.TopicAlreadyExistsError:
                     created = False
+                except _AUTH_ERRORS as exc:
+                    # The broker checks CREATE before it looks whether the
+                    # topic exists: a principal without CREATE may use a
+                    # topic made for it.
+                    if name not in admin.list_topics():
+                        raise self._denied(exc, "CREATE", topic=name) from exc
+                    created = False
                 # A consumer group that subscribes before every partition of
                 # a new topic has a leader gets an assignment that leaves
                 # some partitions to nobody; so wait until they all have one.
                 admin.wait_for_topics([name])
+        except _AUTH_ERRORS as exc:
+            raise self._denied(exc, "CREATE", topic=name) from exc
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot create topic {name}: {exc}", topic=name) from exc
         return created
@@ -555,13 +702,12 @@ class KafkaTransport(Transport):
                 self._admin = None
             admin: Optional[kafka.KafkaAdminClient] = None
             try:
-                admin = kafka.KafkaAdminClient(
-                    bootstrap_servers=self._bootstrap,
-                    **{**_pick(self._settings, _ADMIN), **bounds},
-                )
+                admin = self._new_admin(bounds)
                 admin.delete_topics([name])
             except kafka.errors.UnknownTopicOrPartitionError:
                 pass
+            except _AUTH_ERRORS as exc:
+                raise self._denied(exc, "DELETE", topic=name) from exc
             except kafka.errors.KafkaError as exc:
                 raise TransportError(
                     f"cannot delete topic {name}: {exc}",
@@ -582,13 +728,15 @@ class KafkaTransport(Transport):
     def reply_reader(self, topic: str, timeout: float) -> Reader:
         consumer = self._consumer()
         try:
-            partitions = _wait_for_partitions(consumer, topic, timeout)
+            partitions = self._partitions(consumer, topic, timeout)
             consumer.assign(partitions)
             consumer.seek_to_end(*partitions)
             for tp in partitions:
                 consumer.position(tp)  # resolves the end offset now, not lazily
         except BaseException as exc:
             consumer.close(autocommit=False)
+            if isinstance(exc, _AUTH_ERRORS):
+                raise self._denied(exc, "READ", topic=topic) from exc
             if isinstance(exc, kafka.errors.KafkaError):
                 raise TransportError(f"cannot read reply topic {topic}: {exc}") from exc
             raise
@@ -606,7 +754,9 @@ class KafkaTransport(Transport):
             # A member that joins before its own metadata knows the topic is
             # assigned nothing, and kafka-python may notice only at its next
             # periodic metadata refresh (minutes): learn the partitions first.
-            _wait_for_partitions(consumer, topic, timeout=30.0)
+            self._partitions(consumer, topic, timeout=30.0)
+            if str(self._settings.get("security_protocol", "PLAINTEXT")).upper() != "PLAINTEXT":
+                self._check_read(topic, group_id)
             listener = _Listener(on_revoke)
             consumer.subscribe([topic], listener=listener)
         except BaseException:
@@ -640,6 +790,88 @@ class KafkaTransport(Transport):
                 self._admin.close()
                 self._admin = None
 
+    # -- authorization --------------------------------------------------------
+
+    def _denied(
+        self,
+        exc: BaseException,
+        operation: str,
+        *,
+        topic: Optional[str] = None,
+        group: Optional[str] = None,
+    ) -> TransportError:
+        """The error for an operation the broker's ACLs refused."""
+        what = f"group {group}" if group else f"topic {topic}" if topic else "the cluster"
+        user = self._settings.get("sasl_plain_username")
+        who = f"user {user!r}" if user else "this client's principal"
+        return TransportError(
+            f"not authorized: {operation} on {what} is denied to {who} by the "
+            f"broker's ACLs ({type(exc).__name__}); see the README's Security section",
+            topic=topic,
+            group=group,
+            cause="authorization_failed",
+            operation=operation,
+        )
+
+    def _partitions(
+        self, consumer: kafka.KafkaConsumer, topic: str, timeout: float
+    ) -> List[kafka.TopicPartition]:
+        """The partitions of a topic to read; refused at once if it may not
+        even be described (READ implies DESCRIBE)."""
+        try:
+            if not consumer.partitions_for_topic(topic):
+                self._check_describe(topic)
+            return _wait_for_partitions(consumer, topic, timeout)
+        except _AUTH_ERRORS as exc:
+            raise self._denied(exc, "READ", topic=topic) from exc
+
+    def _check_describe(self, topic: str) -> None:
+        """Raise TopicAuthorizationFailedError if ``topic`` may not be described.
+
+        A consumer's metadata of all topics silently leaves out those it
+        may not see; a request naming the topic gets the error (which the
+        broker gives whether or not the topic exists).
+        """
+        try:
+            with self._admin_lock:
+                (described,) = self._admin_locked().describe_topics([topic])
+        except (kafka.errors.KafkaError, TransportError, ValueError) as exc:
+            logger.debug("cannot describe topic %s: %s", topic, exc)
+            return
+        if described.get("error_code") == kafka.errors.TopicAuthorizationFailedError.errno:
+            raise kafka.errors.TopicAuthorizationFailedError(topic)
+
+    def _check_read(self, topic: str, group_id: str) -> None:
+        """Refuse at once a group member that may not read its topic or group.
+
+        Without this, the missing right shows only in the poll thread,
+        after the join. A throw-away consumer of the group fetches the
+        committed offset (DESCRIBE on the group) and one fetch at the end
+        of partition 0 (READ on the topic); it joins nothing and commits
+        nothing. Costs one short connection and about 0.2 s per agent at
+        serve(), so it runs only with a security protocol (ACLs need an
+        authenticated principal in practice).
+        """
+        probe = self._consumer(group_id=group_id)
+        tp = kafka.TopicPartition(topic, 0)
+        try:
+            probe.assign([tp])
+            try:
+                probe.committed(tp)
+            except _AUTH_ERRORS as exc:
+                raise self._denied(exc, "READ", group=group_id) from exc
+            probe.seek_to_end(tp)
+            try:
+                probe.position(tp)
+                probe.poll(timeout_ms=0)
+                probe.poll(timeout_ms=200)
+            except _AUTH_ERRORS as exc:
+                raise self._denied(exc, "READ", topic=topic) from exc
+        except kafka.errors.KafkaError as exc:
+            raise TransportError(f"cannot read topic {topic}: {exc}", topic=topic) from exc
+        finally:
+            probe.close(autocommit=False)
+
     def describe_readers(self, topic: str) -> Optional[TopicReaders]:
         """See :meth:`Transport.describe_readers`.
 
@@ -653,6 +885,266 @@ class KafkaTransport(Transport):
                 return _describe_readers(self._admin_locked(), topic)
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot describe the readers of {topic}: {exc}") from exc
+
+
+# -- reaching a broker ---------------------------------------------------------------
+
+#: SASL mechanisms :func:`check_connection` logs in with; others (GSSAPI,
+#: OAUTHBEARER) are left to kafka-python's own bootstrap.
+_CHECKED_SASL = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+
+
+class _Unreachable(Exception):
+    """One bootstrap server failed the check; ``cause`` as in TransportError."""
+
+    def __init__(self, message: str, cause: str, *, final: bool) -> None:
+        super().__init__(message)
+        self.cause = cause
+        #: Trying again cannot help (bad certificate, refused login).
+        self.final = final
+
+
+def check_connection(servers: List[str], settings: Mapping[str, Any], deadline: float) -> None:
+    """Reach one bootstrap server as kafka-python will, or say why not.
+
+    Per server: resolve its name, open TCP, then (``SSL``/``SASL_SSL``) the
+    TLS handshake with kafka-python's own TLS settings, an ``ApiVersions``
+    round trip (is it Kafka?), then (``SASL_*`` with PLAIN or SCRAM) the
+    SASL login, all over one connection.
+    A server that refused the certificate or the login ends the check at
+    once; a refused connection or an unresolvable name is retried (a broker
+    may be starting) until ``deadline``. Behind ``proxy_url`` nothing is
+    checked here. Cost when all is well: one short connection.
+
+    Args:
+        servers: ``host:port`` strings.
+        settings: the kafka-python settings.
+        deadline: a :func:`time.monotonic` time.
+
+    Raises:
+        TransportError: with ``cause`` ``"name_not_resolved"``,
+            ``"connection_refused"``, ``"unreachable"``, ``"timeout"``,
+            ``"tls_failed"``, ``"protocol_mismatch"`` (not Kafka, or not
+            this security protocol) or ``"authentication_failed"``, and a
+            message naming the server and the cause.
+    """
+    if settings.get("proxy_url") or settings.get("socks5_proxy"):
+        return
+    backoff = 0.05
+    while True:
+        failures: List[_Unreachable] = []
+        for server in servers:
+            try:
+                _check_server(server, settings, deadline)
+                return
+            except _Unreachable as failure:
+                failures.append(failure)
+        final = [f for f in failures if f.final]
+        left = deadline - time.monotonic()
+        if final or left <= 0:
+            worst = (final or failures)[-1]
+            raise TransportError(
+                "; ".join(str(f) for f in failures), cause=worst.cause
+            ) from worst.__cause__
+        time.sleep(min(backoff, left))
+        backoff = min(1.0, backoff * 2)
+
+
+def _check_server(server: str, settings: Mapping[str, Any], deadline: float) -> None:
+    host, _, port_text = server.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit():
+        raise _Unreachable(f"bootstrap server {server!r} is not host:port", "unreachable", final=True)
+    port = int(port_text)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise _Unreachable(
+            f"cannot resolve host name {host!r} of bootstrap server {server} ({exc.strerror})",
+            "name_not_resolved",
+            final=False,
+        ) from exc
+    sock = _open_tcp(server, addresses, deadline)
+    try:
+        protocol = str(settings.get("security_protocol") or "PLAINTEXT").upper()
+        if protocol in ("SSL", "SASL_SSL"):
+            sock = _tls_handshake(server, host, sock, settings, deadline)
+        call = _caller(sock, deadline)
+        try:
+            call(ApiVersionsRequest(), 0)
+        except socket.timeout as exc:
+            raise _Unreachable(f"no answer from {server} in time", "timeout", final=False) from exc
+        except (OSError, kafka.errors.KafkaError) as exc:
+            hint = "" if protocol.endswith("SSL") else " (is it a TLS listener? then security_protocol must be SSL or SASL_SSL)"
+            raise _Unreachable(
+                f"{server} does not answer as a Kafka broker over {protocol}: {exc}{hint}",
+                "protocol_mismatch",
+                final=True,
+            ) from exc
+        mechanism = str(settings.get("sasl_mechanism") or "PLAIN").upper()
+        if protocol.startswith("SASL_") and mechanism in _CHECKED_SASL:
+            _sasl_login(server, host, call, settings, mechanism)
+    finally:
+        sock.close()
+
+
+def _caller(sock: socket.socket, deadline: float) -> Callable[[Any, int], Any]:
+    """A blocking request/response function on ``sock``, framed by kafka-python."""
+    protocol = KafkaProtocol(client_id="replies-connect-check")
+
+    def call(request: Any, version: int) -> Any:
+        request.API_VERSION = version
+        protocol.send_request(request)
+        sock.settimeout(_left(deadline))
+        sock.sendall(protocol.send_bytes())
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the broker closed the connection")
+            for _, response in protocol.receive_bytes(data):
+                return response
+
+    return call
+
+
+def _left(deadline: float) -> float:
+    return max(0.001, deadline - time.monotonic())
+
+
+def _open_tcp(server: str, addresses: List[Any], deadline: float) -> socket.socket:
+    errors: List[OSError] = []
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(_left(deadline))
+        try:
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+    last = errors[-1] if errors else OSError("no address")
+    if isinstance(last, ConnectionRefusedError):
+        raise _Unreachable(
+            f"connection refused by {server}: is a broker listening there?",
+            "connection_refused",
+            final=False,
+        ) from last
+    if isinstance(last, socket.timeout):
+        raise _Unreachable(f"no answer from {server} in time", "timeout", final=False) from last
+    raise _Unreachable(f"cannot connect to {server}: {last}", "unreachable", final=False) from last
+
+
+def _tls_handshake(
+    server: str, host: str, sock: socket.socket, settings: Mapping[str, Any], deadline: float
+) -> socket.socket:
+    tls = {k: settings[k] for k in KafkaSSLTransport.DEFAULT_CONFIG if k in settings}
+    try:
+        context = KafkaSSLTransport._build_ssl_context({**KafkaSSLTransport.DEFAULT_CONFIG, **tls})
+    except (OSError, ssl.SSLError) as exc:
+        raise _Unreachable(f"cannot load the TLS settings (ssl_*): {exc}", "tls_failed", final=True) from exc
+    wrapped: ssl.SSLSocket = context.wrap_socket(
+        sock, server_hostname=host.rstrip("."), do_handshake_on_connect=False
+    )
+    wrapped.settimeout(_left(deadline))
+    try:
+        wrapped.do_handshake()
+    except ssl.SSLCertVerificationError as exc:
+        wrapped.close()
+        raise _Unreachable(
+            f"TLS verification of {server} failed: {exc.verify_message} "
+            "(is ssl_cafile the CA that signed the broker's certificate, and is the "
+            "broker's certificate for this host name?)",
+            "tls_failed",
+            final=True,
+        ) from exc
+    except ssl.SSLError as exc:
+        wrapped.close()
+        raise _Unreachable(
+            f"TLS handshake with {server} failed: {exc.reason or exc} "
+            "(does this listener speak TLS?)",
+            "tls_failed",
+            final=True,
+        ) from exc
+    except socket.timeout as exc:
+        wrapped.close()
+        raise _Unreachable(f"no TLS handshake from {server} in time", "timeout", final=False) from exc
+    except OSError as exc:
+        wrapped.close()
+        raise _Unreachable(
+            f"TLS handshake with {server} failed: {exc} (does this listener speak TLS?)",
+            "tls_failed",
+            final=True,
+        ) from exc
+    return wrapped
+
+
+def _sasl_login(
+    server: str,
+    host: str,
+    call: Callable[[Any, int], Any],
+    settings: Mapping[str, Any],
+    mechanism: str,
+) -> None:
+    """Log in with kafka-python's SASL mechanism classes.
+
+    Requests are pinned to version 1 (Kafka 1.0 and later). kafka-python's
+    own clients drop the broker's reason for a failed login (the broker
+    then closes the connection); this reads it.
+    """
+    user = settings.get("sasl_plain_username")
+    who = f"SASL {mechanism} login of user {user!r} at {server}"
+    try:
+        handshake = call(SaslHandshakeRequest(mechanism=mechanism), 1)
+        if handshake.error_code or mechanism not in handshake.mechanisms:
+            raise _Unreachable(
+                f"authentication failed: {who}: the broker offers {handshake.mechanisms}",
+                "authentication_failed",
+                final=True,
+            )
+        login = get_sasl_mechanism(mechanism)(host=host, **settings)
+        while not login.is_done():
+            response = call(SaslAuthenticateRequest(login.auth_bytes()), 1)
+            if response.error_code:
+                raise _Unreachable(
+                    f"authentication failed: {who} refused: {response.error_message} "
+                    "(check sasl_plain_username, sasl_plain_password and sasl_mechanism)",
+                    "authentication_failed",
+                    final=True,
+                )
+            login.receive(response.auth_bytes)
+        if not login.is_authenticated():
+            raise _Unreachable(
+                f"authentication failed: {who}: the broker's proof did not verify",
+                "authentication_failed",
+                final=True,
+            )
+    except socket.timeout as exc:
+        raise _Unreachable(f"no answer to the {who} in time", "timeout", final=False) from exc
+    except (OSError, kafka.errors.KafkaError) as exc:
+        raise _Unreachable(
+            f"authentication failed: {who}: {exc}", "authentication_failed", final=False
+        ) from exc
+
+
+def _authorization_failure(exc: BaseException) -> bool:
+    """Whether a kafka-python error is an ACL refusal.
+
+    The idempotent producer reports a refused ``InitProducerId`` (no WRITE
+    on any topic, hence no implied IDEMPOTENT_WRITE) as a plain KafkaError
+    whose text names the error; so the text is looked at too.
+    """
+    return isinstance(exc, _AUTH_ERRORS) or (
+        isinstance(exc, kafka.errors.KafkaError) and "AuthorizationFailed" in str(exc)
+    )
+
+
+def _connect_error(servers: List[str], exc: BaseException) -> TransportError:
+    """A kafka-python client that could not bootstrap, after the check passed."""
+    timeout = isinstance(exc, kafka.errors.KafkaTimeoutError)
+    return TransportError(
+        f"cannot bootstrap from {', '.join(servers)}: {exc}",
+        cause="timeout" if timeout else None,
+    )
 
 
 # -- kafka-python internals, each used in one place -------------------------------
@@ -748,6 +1240,10 @@ def _wait_for_partitions(
         partitions = consumer.partitions_for_topic(topic)
         if partitions:
             return [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
+        # Private: the consumer's ClusterMetadata, which records the topics
+        # a metadata response refused.
+        if topic in consumer._client.cluster.unauthorized_topics:
+            raise kafka.errors.TopicAuthorizationFailedError(topic)
         if time.monotonic() >= deadline:
             raise TransportError(f"topic {topic} has no partitions after {timeout} s")
         time.sleep(0.05)

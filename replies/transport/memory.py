@@ -5,9 +5,13 @@ same URL share one :class:`MemoryBroker`, so a client and an agent in one
 Python process (a notebook, a demo, a unit test) talk to each other exactly
 as over Kafka, with no broker to run.
 
-Theory of operation: one broker lock guards all topics and groups; one
-condition on it, ``changed``, is notified when a record is appended or a
-group's membership changes, and readers wait on it against a deadline.
+Theory of operation: one broker lock guards all topics and groups. A
+reader that finds nothing to read registers its waker (a :class:`_Waker`)
+under the topic it reads, under the lock, and waits on it outside the lock
+against a deadline; an append wakes the readers of its topic only, after
+releasing the lock (so a woken reader never finds the lock still held by
+the thread that woke it), and a change of group membership wakes every
+reader.
 Group assignment is recomputed on every join and leave (a new generation);
 a member sees the new generation on its next poll, calls its revoke
 callback (outside the lock) for partitions it lost, and starts the ones it
@@ -38,6 +42,40 @@ from replies.transport.base import (
 )
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
+
+
+#: The acknowledgement of every record appended: one completed future,
+#: shared (a done future only answers questions), which saves making one
+#: per record.
+_ACKED: Future[None] = Future()
+_ACKED.set_result(None)
+
+
+class _Waker:
+    """Wakes one waiting reader: a lock used as a binary semaphore.
+
+    Held while no wake-up is pending; :meth:`wake` releases it (at most one
+    wake-up is kept), :meth:`wait` takes it. A wake-up that comes while
+    the reader is not waiting makes its next wait return at once, and the
+    reader looks again: harmless.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        # Held: no wake-up pending.
+        self._pending = threading.Lock()
+        self._pending.acquire()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until woken, at most ``timeout`` s; whether woken."""
+        return self._pending.acquire(timeout=timeout)
+
+    def wake(self) -> None:
+        try:
+            self._pending.release()
+        except RuntimeError:
+            pass  # a wake-up is pending already
 
 
 class _Log:
@@ -86,15 +124,32 @@ class MemoryBroker:
     _registry_lock = threading.Lock()
 
     def __init__(self) -> None:
-        # Guards topics and groups; `changed` signals a new record or a
-        # change of group membership.
+        # Guards topics, groups and `_waiting` (the wakers of the readers
+        # waiting for each topic).
         self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
+        self._waiting: Dict[str, Set["_Waker"]] = {}
         self.topics: Dict[str, List[_Log]] = {}
         self.configs: Dict[str, Dict[str, str]] = {}
         self.groups: Dict[str, _Group] = {}
         self._member_ids = itertools.count(1)
         self._round_robin = itertools.count()
+
+    def wait_locked(self, topic: str, waker: "_Waker") -> None:
+        """Register ``waker`` to be woken by the next change to ``topic``."""
+        self._waiting.setdefault(topic, set()).add(waker)
+
+    def unwait_locked(self, topic: str, waker: "_Waker") -> None:
+        waiting = self._waiting.get(topic)
+        if waiting is not None:
+            waiting.discard(waker)
+
+    def _take_wakers_locked(self, topic: Optional[str] = None) -> List["_Waker"]:
+        """Unregister and return the wakers of ``topic`` (of all: None)."""
+        if topic is not None:
+            return list(self._waiting.pop(topic, ()))
+        wakers = [w for waiting in self._waiting.values() for w in waiting]
+        self._waiting.clear()
+        return wakers
 
     #: Records kept per partition (see :class:`_Log`).
     retention = 10_000
@@ -124,10 +179,22 @@ class MemoryBroker:
 
         Raises:
             NoRespondersError: the topic does not exist (and not ``create``).
+            TransportError: the record is larger than the topic's
+                ``max.message.bytes`` config (``cause="too_large"``).
         """
-        with self.changed:
+        with self.lock:
             if not create and topic not in self.topics:
                 raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
+            limit = self.configs.get(topic, {}).get("max.message.bytes")
+            if limit is not None:
+                size = _size(message)
+                if size > int(limit):
+                    raise TransportError(
+                        f"the broker refused a record of {size} bytes to topic {topic} "
+                        f"as too large (topic max.message.bytes: {limit} bytes)",
+                        topic=topic,
+                        cause="too_large",
+                    )
             partitions = self._partitions_locked(topic)
             if message.key is None:
                 index = next(self._round_robin) % len(partitions)
@@ -137,23 +204,29 @@ class MemoryBroker:
             log.append(
                 Record(topic, index, log.end, message.key, message.value, list(message.headers))
             )
-            self.changed.notify_all()
+            wakers = self._take_wakers_locked(topic) if topic in self._waiting else ()
+        for waker in wakers:
+            waker.wake()
 
     def join(self, group_id: str) -> int:
-        with self.changed:
+        with self.lock:
             group = self.groups.setdefault(group_id, _Group())
             member = next(self._member_ids)
             group.members.append(member)
             group.generation += 1
-            self.changed.notify_all()
-            return member
+            wakers = self._take_wakers_locked()
+        for waker in wakers:
+            waker.wake()
+        return member
 
     def leave(self, group_id: str, member: int) -> None:
-        with self.changed:
+        with self.lock:
             group = self.groups[group_id]
             group.members.remove(member)
             group.generation += 1
-            self.changed.notify_all()
+            wakers = self._take_wakers_locked()
+        for waker in wakers:
+            waker.wake()
 
     def assignment_locked(self, group_id: str, member: int, topic: str) -> Set[int]:
         """Partitions of ``topic`` for ``member``: spread round-robin."""
@@ -163,23 +236,34 @@ class MemoryBroker:
         return {p for p in range(count) if p % len(group.members) == index}
 
 
+def _size(message: Message) -> int:
+    """A record's key, value and header bytes."""
+    headers = sum(len(k.encode()) + len(v or b"") for k, v in message.headers)
+    return len(message.key or b"") + len(message.value or b"") + headers
+
+
 class _MemoryReplyReader(Reader):
     def __init__(self, broker: MemoryBroker, topic: str) -> None:
         self._broker = broker
         self._topic = topic
+        self._waker = _Waker()
         with broker.lock:
             partitions = broker._partitions_locked(topic)
             self._positions = [log.end for log in partitions]
 
     def poll(self, timeout: float) -> List[Record]:
         deadline = time.monotonic() + timeout
-        with self._broker.changed:
-            while True:
+        broker = self._broker
+        while True:
+            with broker.lock:
                 records = self._take_locked()
                 remaining = deadline - time.monotonic()
                 if records or remaining <= 0:
                     return records
-                self._broker.changed.wait(remaining)
+                broker.wait_locked(self._topic, self._waker)
+            if not self._waker.wait(remaining):
+                with broker.lock:
+                    broker.unwait_locked(self._topic, self._waker)
 
     def _take_locked(self) -> List[Record]:
         partitions = self._broker._partitions_locked(self._topic)
@@ -211,6 +295,7 @@ class _MemoryGroupReader(GroupReader):
         self._generation = -1
         self._positions: Dict[int, int] = {}
         self._paused = False
+        self._waker = _Waker()
         self._member: Optional[int] = broker.join(group_id)
         with broker.lock:
             broker.groups[group_id].topics.add(topic)
@@ -242,16 +327,21 @@ class _MemoryGroupReader(GroupReader):
         if self._member is None:
             raise TransportError("poll() on a closed group reader")
         deadline = time.monotonic() + timeout
+        broker = self._broker
         while True:
             self._rebalance()
-            with self._broker.changed:
-                group = self._broker.groups[self._group_id]
-                if group.generation == self._generation:
-                    records = [] if self._paused else self._take_locked()
-                    remaining = deadline - time.monotonic()
-                    if records or remaining <= 0:
-                        return records
-                    self._broker.changed.wait(remaining)
+            with broker.lock:
+                group = broker.groups[self._group_id]
+                if group.generation != self._generation:
+                    continue  # changed since: catch up first
+                records = [] if self._paused else self._take_locked()
+                remaining = deadline - time.monotonic()
+                if records or remaining <= 0:
+                    return records
+                broker.wait_locked(self._topic, self._waker)
+            if not self._waker.wait(remaining):
+                with broker.lock:
+                    broker.unwait_locked(self._topic, self._waker)
 
     def _take_locked(self) -> List[Record]:
         partitions = self._broker._partitions_locked(self._topic)
@@ -290,6 +380,9 @@ class MemoryTransport(Transport):
     Records are acknowledged as soon as they are appended. A record to a
     topic that does not exist is refused with :class:`NoRespondersError`,
     unless ``auto_create_topics`` (then the topic is made, one partition).
+    A record larger than its topic's ``max.message.bytes`` config (if one
+    was given to :meth:`create_topic`) is refused as a broker would: its
+    acknowledgement fails with :class:`TransportError` (``cause="too_large"``).
     """
 
     def __init__(self, name: str = "", *, auto_create_topics: bool = False) -> None:
@@ -302,10 +395,15 @@ class MemoryTransport(Transport):
     ) -> Future[None]:
         if self._closed:
             raise TransportError("transport is closed", topic=topic, cause="closed")
-        self.broker.append(topic, message, create=self._auto_create)
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
+        try:
+            self.broker.append(topic, message, create=self._auto_create)
+        except NoRespondersError:
+            raise
+        except TransportError as exc:  # refused by the broker, as Kafka's ack would
+            refused: Future[None] = Future()
+            refused.set_exception(exc)
+            return refused
+        return _ACKED
 
     def flush(self, timeout: Optional[float] = None) -> None:
         pass
@@ -315,13 +413,15 @@ class MemoryTransport(Transport):
     ) -> bool:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, not {partitions}")
-        with self.broker.changed:
+        with self.broker.lock:
             if name in self.broker.topics:
                 return False
             self.broker.topics[name] = [self.broker.new_log() for _ in range(partitions)]
             self.broker.configs[name] = dict(config or {})
-            self.broker.changed.notify_all()
-            return True
+            wakers = self.broker._take_wakers_locked(name)
+        for waker in wakers:
+            waker.wake()
+        return True
 
     def delete_topic(self, name: str, *, timeout: Optional[float] = None) -> None:
         with self.broker.lock:

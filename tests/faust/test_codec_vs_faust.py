@@ -29,7 +29,7 @@ import pytest
 
 from replies.core.codec import Codec, Message, Request
 from replies.core.table import Reply
-from replies.errors import RemoteError
+from replies.errors import DecodeError, RemoteError
 from tests.faust.records import POINT_NS, Point, point_default, point_hook
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "faust_wire.json"
@@ -289,12 +289,14 @@ def test_envelope_without_faust_field_is_a_plain_value() -> None:
 
 def test_reply_to_without_correlation_id() -> None:
     # Faust answers with "correlation_id": null, which no caller can match;
-    # our codec reports the missing id and our agents send nothing.
+    # our codec reports the unusable address and our agents send nothing.
     probe = FOREIGN["reply_to_without_cid"]
     assert json.loads(_literal(probe["replies"][0]["value_repr"]) or b"")["correlation_id"] is None
     sent = _sent(probe)
-    request = Codec().decode_request(sent.key, sent.value, sent.headers)
-    assert request.reply_to and request.correlation_id is None
+    with pytest.raises(DecodeError, match="unusable reply address") as info:
+        Codec().decode_request(sent.key, sent.value, sent.headers)
+    assert info.value.request is not None
+    assert (info.value.request.reply_to, info.value.request.correlation_id) == (None, None)
 
 
 # -- what the library relies on about Faust ---------------------------------

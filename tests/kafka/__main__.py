@@ -2,13 +2,19 @@
 
 Usage::
 
-    python -m tests.kafka start [--broker kafka|tansu] [--brokers 1|3] [--port N] [--version V]
+    python -m tests.kafka start [--broker kafka|tansu] [--brokers 1|3] [--port N] [--version V] [--secure]
     python -m tests.kafka stop
     python -m tests.kafka jars [--version V]
 
 ``start`` prints the bootstrap servers (one line) once the broker is ready and
 runs until ``stop``, Ctrl-C or SIGTERM; if the broker cannot start it prints
 the log tail and exits 1. ``jars`` only resolves (and caches) the Kafka jars.
+
+``start --secure`` starts one Apache Kafka node that clients reach only over
+``SASL_SSL`` (SCRAM-SHA-512, a CA made at start) with ACLs enforced; it also
+writes the CA, address and super user's credentials to ``access.json`` in the
+data dir and prints ``export REPLIES_SECURE_BROKER=<that file>`` on stderr,
+which the secure tests then use instead of starting a broker of their own.
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Sequence
 
-from tests.kafka.harness import DEFAULT_KAFKA_VERSION, BrokerError, cache_dir, kafka_jars, make_broker
+from tests.kafka.harness import (
+    DEFAULT_KAFKA_VERSION,
+    Broker,
+    BrokerError,
+    SecureKafka,
+    cache_dir,
+    kafka_jars,
+    make_broker,
+)
 
 
 def _state_file() -> Path:
@@ -65,19 +79,31 @@ def start(args: argparse.Namespace) -> int:
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_stop)
+    broker: Broker
     try:
-        broker = make_broker(args.broker, brokers=args.brokers, port=args.port, version=args.version)
+        if args.secure:
+            if args.broker != "kafka" or args.brokers != 1:
+                raise ValueError("--secure runs one Apache Kafka node (--broker kafka --brokers 1)")
+            broker = SecureKafka(port=args.port, version=args.version)
+        else:
+            broker = make_broker(args.broker, brokers=args.brokers, port=args.port, version=args.version)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
     try:
         started = time.monotonic()
         broker.start()
-        state = {"pid": os.getpid(), "bootstrap": broker.bootstrap_servers, "kind": args.broker}
+        state = {"pid": os.getpid(), "bootstrap": broker.bootstrap_servers, "kind": broker.kind}
         _state_file().parent.mkdir(parents=True, exist_ok=True)
         _state_file().write_text(json.dumps(state))
-        print(f"{args.broker} ready in {time.monotonic() - started:.1f} s; data in {broker.data_dir}",
+        print(f"{broker.kind} ready in {time.monotonic() - started:.1f} s; data in {broker.data_dir}",
               file=sys.stderr)
+        if isinstance(broker, SecureKafka):
+            assert broker.data_dir is not None
+            access = broker.data_dir / "access.json"
+            access.write_text(json.dumps(broker.access().to_json()))
+            print(f"SASL_SSL/SCRAM-SHA-512, CA {broker.ca_file}, super user {broker.admin_user}\n"
+                  f"export REPLIES_SECURE_BROKER={access}", file=sys.stderr)
         print(broker.bootstrap_servers, flush=True)
         while True:  # a broker that dies ends this command too
             broker.check_alive()
@@ -130,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_start.add_argument("--brokers", type=int, choices=(1, 3), default=1, help="Kafka nodes (default 1)")
     p_start.add_argument("--port", type=int, help="client port of the first node (default: a free one)")
     p_start.add_argument("--version", default=DEFAULT_KAFKA_VERSION, help="Kafka version (default %(default)s)")
+    p_start.add_argument("--secure", action="store_true",
+                         help="TLS + SASL/SCRAM-SHA-512 listener with ACLs enforced (Apache Kafka only)")
     p_start.set_defaults(func=start)
     p_stop = commands.add_parser("stop", help="stop the broker that `start` runs")
     p_stop.add_argument("--timeout", type=float, default=60.0)

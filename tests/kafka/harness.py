@@ -33,18 +33,22 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
     "Broker",
     "BrokerError",
     "KafkaCluster",
+    "SecureAccess",
+    "SecureKafka",
     "TansuBroker",
     "cache_dir",
     "free_ports",
     "kafka_jars",
     "make_broker",
+    "make_ca",
+    "make_server_certificate",
     "tansu_binary",
 ]
 
@@ -294,6 +298,10 @@ class Broker:
         """Prepare the data dir and start the processes (no waiting)."""
         raise NotImplementedError
 
+    def admin_settings(self) -> dict[str, object]:
+        """kafka-python settings a client with every right needs here (none: plaintext)."""
+        return {}
+
     # -- shared
     def start(self: _B) -> _B:
         """Start the broker and return once it serves requests.
@@ -357,7 +365,7 @@ class Broker:
         from kafka import KafkaAdminClient
 
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000,
-                                 client_id="replies-harness")
+                                 client_id="replies-harness", **self.admin_settings())
         try:
             cluster = admin.describe_cluster()
             if cluster["cluster_id"] != self.cluster_id:
@@ -511,6 +519,10 @@ class KafkaCluster(Broker):
             **self.settings,
         }
 
+    def _format_options(self) -> list[str]:
+        """Extra options of ``StorageTool format`` (e.g. SCRAM users)."""
+        return []
+
     def _launch(self) -> None:
         assert self.data_dir is not None
         java = _java()
@@ -526,7 +538,7 @@ class KafkaCluster(Broker):
             self.nodes.append(node)
             # Formatting is the same on 3.9 and 4.x with a static voter set.
             fmt = _Process([*argv, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
-                            "-c", str(node.config)], home / "format.log", home)
+                            "-c", str(node.config), *self._format_options()], home / "format.log", home)
             fmt.start()
             formats.append((node, fmt))
         for node, fmt in formats:
@@ -554,6 +566,246 @@ class KafkaCluster(Broker):
     def node_ids(self) -> list[int]:
         """Kafka ``node.id`` of each node, by index."""
         return [n.node_id for n in self.nodes]
+
+
+# -- Apache Kafka with TLS, SASL and ACLs ---------------------------------------
+
+#: The SASL mechanism of the secure broker's client listener.
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    openssl = _which("openssl", "the secure broker's certificates are made with it")
+    proc = subprocess.run([openssl, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise BrokerError(f"openssl {args[0]} failed (exit {proc.returncode}):\n{proc.stdout}")
+
+
+def make_ca(directory: Path, name: str = "replies-test-ca") -> tuple[Path, Path]:
+    """Make a self-signed certificate authority with ``openssl``.
+
+    Args:
+        directory: where ``<name>.pem`` (certificate) and ``<name>.key`` go.
+        name: the CA's common name and file stem.
+
+    Returns:
+        The paths of the certificate and of its (unencrypted) key.
+    """
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "7", "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    return cert, key
+
+
+def make_server_certificate(directory: Path, ca: tuple[Path, Path], hosts: Sequence[str] = (HOST, "localhost"),
+                            name: str = "broker") -> Path:
+    """Make a server certificate signed by ``ca`` for ``hosts`` (subjectAltName).
+
+    Returns:
+        A PEM file holding the unencrypted PKCS#8 key, then the certificate
+        and the CA's: the form of Kafka's ``ssl.keystore.type=PEM``.
+    """
+    ca_cert, ca_key = ca
+    key, csr, cert = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.pem"
+    san = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() else f"DNS:{h}" for h in hosts)
+    extensions = directory / f"{name}.ext"
+    extensions.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={hosts[0]}", cwd=directory)
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-out", str(cert), "-days", "7", "-extfile", str(extensions), cwd=directory)
+    keystore = directory / f"{name}-keystore.pem"
+    keystore.write_text(key.read_text() + cert.read_text() + ca_cert.read_text())
+    return keystore
+
+
+class SecureAccess:
+    """How to reach a secure broker: its address, CA and super user.
+
+    Enough to make users, grant ACLs and build kafka-python settings, for a
+    broker started here or by ``python -m tests.kafka start --secure`` in
+    another process (:meth:`to_json` / :meth:`from_json`).
+
+    Attributes:
+        bootstrap_servers: ``host:port`` of the ``SASL_SSL`` listener.
+        ca_file: the CA certificate (PEM) that signed the broker's certificate.
+        admin_user, admin_password: a super user (bypasses every ACL).
+    """
+
+    def __init__(self, bootstrap_servers: str, ca_file: str, admin_user: str, admin_password: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.ca_file = ca_file
+        self.admin_user = admin_user
+        self.admin_password = admin_password
+
+    def to_json(self) -> dict[str, str]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> SecureAccess:
+        return cls(data["bootstrap_servers"], data["ca_file"], data["admin_user"], data["admin_password"])
+
+    def client_settings(self, user: str, password: str) -> dict[str, object]:
+        """kafka-python settings (also ``replies.App`` keywords) to log in as ``user``."""
+        return {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_plain_username": user,
+            "sasl_plain_password": password,
+            "ssl_cafile": self.ca_file,
+        }
+
+    def admin_settings(self) -> dict[str, object]:
+        """Settings of the super user."""
+        return self.client_settings(self.admin_user, self.admin_password)
+
+    @contextlib.contextmanager
+    def admin(self) -> Iterator[Any]:
+        """A ``KafkaAdminClient`` logged in as the super user, closed on exit."""
+        from kafka import KafkaAdminClient
+
+        client = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id="replies-harness",
+                                  request_timeout_ms=10000, **self.admin_settings())
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def add_user(self, name: str, password: str) -> None:
+        """Create (or reset) the SCRAM-SHA-512 user ``name`` through the admin API.
+
+        Raises:
+            BrokerError: the broker refused it.
+        """
+        from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
+
+        with self.admin() as admin:
+            result = admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(name, ScramMechanism.SCRAM_SHA_512, password)])
+        if result.get(name):
+            raise BrokerError(f"cannot create SCRAM user {name}: {result[name]}")
+        # The credential reaches the broker's authenticator through the
+        # metadata log, a moment after the controller accepted it.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._login(name, password)
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"user {name} cannot log in after 10 s: {exc!r}") from exc
+                time.sleep(0.1)
+
+    def _login(self, user: str, password: str) -> None:
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000,
+                                 bootstrap_timeout_ms=3000, **self.client_settings(user, password))
+        consumer.close()
+
+    def allow(self, user: str, operations: Sequence[str], resource_type: str, name: str,
+              pattern: str = "LITERAL") -> None:
+        """Grant ``user`` each of ``operations`` on one resource (admin API ``CreateAcls``).
+
+        Args:
+            user: the SCRAM user name (principal ``User:<user>``).
+            operations: ACL operation names: ``"READ"``, ``"WRITE"``,
+                ``"CREATE"``, ``"DELETE"``, ``"DESCRIBE"``, ...
+            resource_type: ``"TOPIC"``, ``"GROUP"``, ``"CLUSTER"`` ...
+            name: the resource name (``"kafka-cluster"`` for the cluster),
+                or a prefix when ``pattern`` is ``"PREFIXED"``.
+            pattern: ``"LITERAL"`` or ``"PREFIXED"``.
+
+        Raises:
+            BrokerError: the broker refused an ACL.
+        """
+        from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePattern
+        from kafka.admin import ResourceType
+
+        resource = ResourcePattern(ResourceType[resource_type], name, ACLResourcePatternType[pattern])
+        acls = [ACL(f"User:{user}", "*", ACLOperation[op], ACLPermissionType.ALLOW, resource)
+                for op in operations]
+        with self.admin() as admin:
+            result = admin.create_acls(acls)
+        if result["failed"]:
+            raise BrokerError(f"ACLs refused for {user} on {resource_type} {name}: {result['failed']}")
+
+
+class SecureKafka(KafkaCluster):
+    """One Apache Kafka node (KRaft) that clients reach only over TLS with SASL.
+
+    * Listener ``SASL_SSL`` on ``port``, mechanism SCRAM-SHA-512, with a
+      certificate for 127.0.0.1 and localhost signed by a CA made at start
+      (``ca_file``); inter-broker traffic uses it too, as the super user.
+    * The controller listener is plaintext on 127.0.0.1 only; its principal,
+      ``User:ANONYMOUS``, is a super user as KRaft's broker-to-controller
+      requests need (clients cannot use that listener for data).
+    * ``StandardAuthorizer`` with ``allow.everyone.if.no.acl.found=false``:
+      whatever no ACL allows is refused. The super user ``admin`` is created
+      at format time (``StorageTool format --add-scram``); others with
+      :meth:`SecureAccess.add_user`, their rights with
+      :meth:`SecureAccess.allow`.
+
+    Args:
+        version, port, heap, settings, start_timeout: as for :class:`KafkaCluster`.
+    """
+
+    kind = "kafka-secure"
+
+    def __init__(self, version: str = DEFAULT_KAFKA_VERSION, port: int | None = None, heap: str = "512m",
+                 settings: dict[str, object] | None = None, start_timeout: float = 90.0):
+        super().__init__(brokers=1, version=version, port=port, heap=heap, settings=settings,
+                         start_timeout=start_timeout)
+        self.admin_user = "admin"
+        self.admin_password = uuid.uuid4().hex
+        self.ca_file: Path | None = None
+        self._keystore: Path | None = None
+
+    def access(self) -> SecureAccess:
+        """Address, CA and super user of the started broker."""
+        if self.ca_file is None:
+            raise BrokerError("the secure broker is not started")
+        return SecureAccess(self.bootstrap_servers, str(self.ca_file), self.admin_user, self.admin_password)
+
+    def admin_settings(self) -> dict[str, object]:
+        return self.access().admin_settings()
+
+    def _node_settings(self, node_id: int, port: int, controller_port: int, home: Path) -> dict[str, object]:
+        jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required '
+                f'username="{self.admin_user}" password="{self.admin_password}";')
+        return {
+            **super()._node_settings(node_id, port, controller_port, home),
+            "listeners": f"SASL_SSL://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+            "advertised.listeners": f"SASL_SSL://{HOST}:{port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": self._keystore,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": self.ca_file,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{self.admin_user};User:ANONYMOUS",
+            **self.settings,
+        }
+
+    def _format_options(self) -> list[str]:
+        return ["--add-scram", f"{SCRAM_MECHANISM}=[name={self.admin_user},password={self.admin_password}]"]
+
+    def _launch(self) -> None:
+        assert self.data_dir is not None
+        tls = self.data_dir / "tls"
+        tls.mkdir()
+        ca = make_ca(tls)
+        self._keystore = make_server_certificate(tls, ca)
+        self.ca_file = ca[0]
+        super()._launch()
 
 
 # -- Tansu ---------------------------------------------------------------------

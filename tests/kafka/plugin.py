@@ -5,6 +5,9 @@ Load it from ``tests/conftest.py`` with ``pytest_plugins = ["tests.kafka.plugin"
 Environment:
     REPLIES_TEST_BROKER: ``kafka`` (default) or ``tansu``.
     REPLIES_BOOTSTRAP_SERVERS: use this running broker instead of starting one.
+    REPLIES_SECURE_BROKER: the ``access.json`` of a broker started by
+        ``python -m tests.kafka start --secure``: the secure tests use it
+        instead of starting their own.
     REPLIES_KAFKA_VERSION: Apache Kafka version to start (default: the harness's newest).
     REPLIES_KAFKA_CACHE: where resolved Kafka jars are kept (default ~/.cache/replies-kafka).
     REPLIES_FAIL_ON_SKIP (or CI): a skipped ``integration`` test counts as failed.
@@ -16,13 +19,14 @@ Markers:
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from typing import Any, Generator
 
 import pytest
 
-from tests.kafka.harness import DEFAULT_KAFKA_VERSION, BrokerError, make_broker
+from tests.kafka.harness import DEFAULT_KAFKA_VERSION, BrokerError, SecureAccess, SecureKafka, make_broker
 
 BROKER_KINDS = ("kafka", "tansu")
 
@@ -130,3 +134,31 @@ def kafka_client_settings(broker_kind: str) -> dict[str, Any]:
 def topic_prefix() -> str:
     """A fresh prefix such as ``"t-1a2b3c4d-"`` for the topic and group names of one test."""
     return f"t-{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture(scope="session")
+def secure_kafka() -> Generator[SecureAccess, None, None]:
+    """An Apache Kafka broker with TLS, SASL/SCRAM-SHA-512 and ACLs enforced.
+
+    Started on first request, once per session, and stopped at its end (a
+    few seconds: only sessions that run a secure test pay for it); or the
+    one ``$REPLIES_SECURE_BROKER`` describes. Yields its
+    :class:`~tests.kafka.harness.SecureAccess`: address, CA, super user, and
+    helpers to add users and grant ACLs. Nothing is allowed but what a test
+    grants, so tests give their users names of their own (``topic_prefix``).
+    Mark tests that use it ``integration`` and ``kafka_only``.
+    """
+    external = os.environ.get("REPLIES_SECURE_BROKER")
+    if external:
+        with open(external) as fh:
+            yield SecureAccess.from_json(json.load(fh))
+        return
+    broker = SecureKafka()
+    try:
+        broker.start()
+    except BrokerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield broker.access()
+    finally:
+        broker.stop()
