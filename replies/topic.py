@@ -108,6 +108,9 @@ class ReplyIterator(Iterator[Any]):
     def close(self) -> None:
         """Stop waiting for the replies not taken yet. Does not block."""
         self._replies.close()
+        # Closing a generator that never started skips its cleanup, so an
+        # iterator closed before its first reply must cancel by itself.
+        self._barrier.cancel()
         self._close_bar()
 
     def _close_bar(self) -> None:

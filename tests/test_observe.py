@@ -96,12 +96,17 @@ def test_stats_count_timeouts_cancellations_and_late_replies(make_app: MakeApp) 
     cancelled = work.ask_nowait("stuck", timeout=None)
     in_flight = _topic_stats(app, topic)
     assert in_flight["pending"] == 1
+    _wait_for(lambda: app.stats()["serving"]["work"]["in_flight"] >= 1)
     assert cancelled.cancel()
+    # A map whose reader stops early cancels the requests not answered.
+    replies_so_far = work.map(["stuck", "stuck"], timeout=None)
+    replies_so_far.close()
 
     figures = _topic_stats(app, topic)
-    assert figures["sent"] == 5
+    assert figures["sent"] == 7
     assert figures["timeouts"] == 4
-    assert figures["cancelled"] == 1
+    assert figures["cancelled"] == 3
+    assert figures["pending"] == 0
     assert figures["replies"] == 0
     assert figures["pending"] == 0
     release.set()
@@ -644,3 +649,14 @@ def test_opentelemetry_without_a_tracer_provider_adds_nothing(make_app: MakeApp)
     app.serve()
     assert "traceparent" not in names.ask(1)
     assert all("traceparent" not in headers for headers in names.join([1, 2]))
+
+
+def test_closing_a_map_before_its_first_reply_stops_waiting(make_app: MakeApp) -> None:
+    app, work, release = _served(make_app)
+    pending = work.map(["stuck", "stuck", "stuck"], timeout=None)
+    consumer = app.reply_consumer
+    assert consumer is not None and len(consumer.table) == 3
+    pending.close()
+    assert len(consumer.table) == 0
+    assert _topic_stats(app, work.topic_name)["cancelled"] == 3
+    release.set()
