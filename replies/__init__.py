@@ -8,6 +8,7 @@ from replies.app import App
 from replies.core.promise import BarrierState, ReplyPromise, ReplyStream, ReplyTuple
 from replies.threads.reply_consumer import ReplyConsumer
 from replies.topic import DEFAULT, ReplyIterator, Topic
+from replies.observe import Listener, RequestInfo, current_request
 from replies.errors import (
     ClosedError,
     DeadlockError,
@@ -32,6 +33,9 @@ __all__ = [
     "ClosedError",
     "DeadlockError",
     "DecodeError",
+    "Listener",
+    "RequestInfo",
+    "current_request",
     "ForkedError",
     "NoRespondersError",
     "RemoteError",

@@ -34,6 +34,7 @@ from typing import (
 from replies.agent import Agent
 from replies.core.codec import Codec, Message
 from replies.errors import ClosedError, ReplyTimeoutError, TransportError
+from replies.observe.observer import Observer
 from replies.threads.agent_worker import AgentWorker
 from replies.threads.reply_consumer import ReplyConsumer
 from replies.topic import DEFAULT, Topic
@@ -103,6 +104,9 @@ class App:
             Kafka), as before 0.2. Off by default: such a request fails at
             once with :class:`~replies.NoRespondersError`, and a reply never
             re-creates a deleted reply topic.
+        metrics: count requests for :meth:`stats` and tell listeners
+            (:meth:`add_listener`); on by default, a few microseconds per
+            request. ``False`` turns both off.
         **kafka_settings: passed to kafka-python's clients (``client_id``,
             ``security_protocol``, ``sasl_*``, ``ssl_*``, ``acks`` ...).
 
@@ -156,6 +160,7 @@ class App:
         shutdown_timeout: float = 30.0,
         auto_create_topics: bool = False,
         connect_timeout: float = 10.0,
+        metrics: bool = True,
         **kafka_settings: Any,
     ) -> None:
         if not id:
@@ -206,6 +211,8 @@ class App:
             reply_partition=reply_partition,
         )
         self.agents: Dict[str, Agent] = {}
+        #: Counts requests and tells listeners; None with ``metrics=False``.
+        self.observer: Optional[Observer] = Observer() if metrics else None
         # Serialises start/serve/close; the fields below change only under it.
         self._lock = threading.Lock()
         self._transport: Optional[Transport] = None
@@ -494,6 +501,64 @@ class App:
         tb: Optional[TracebackType],
     ) -> None:
         self.close()
+
+    # -- observing ----------------------------------------------------------
+
+    def stats(self, *, lag: bool = False) -> Dict[str, Any]:
+        """A snapshot of this App's figures, as plain data.
+
+        Safe to call from any thread at any time; does not block (unless
+        ``lag``). Each count is exact; the snapshot is not atomic across
+        counts. Durations are in seconds, over the most recent 1024 events.
+
+        Args:
+            lag: also ask the broker for each served agent's consumer-group
+                lag (a few admin round trips); otherwise ``lag`` is None.
+
+        Returns:
+            ``{"app": id, "asking": {"total": {...}, "topics": {topic:
+            {...}}}, "serving": {agent: {...}}}``. Asking, per topic and in
+            total: ``sent``; how they settled: ``replies`` (including
+            ``error_replies``), ``timeouts``, ``cancelled``, ``closed`` (the
+            App closed, or its reply consumer could not read),
+            ``send_errors``, ``undecodable``; ``pending`` (not settled
+            yet); ``ask_seconds`` (``count``, ``p50``, ``p99``, ``max`` of
+            single requests' round trips). In total only, since the App
+            last started: ``dropped_replies`` (late, duplicate or another
+            client's), ``undecodable_replies`` (reply records that could
+            not be read) and ``reply_poll_errors`` (failed polls of the
+            reply topic, retried). Serving, per agent of this process,
+            counted once a request is completely served (its replies
+            acknowledged): ``topic``, ``handled``, ``error_replies``,
+            ``skipped_expired``, ``skipped_undecodable``, ``casts``,
+            ``reply_failures``, ``dead_lettered``, ``in_flight``,
+            ``handler_seconds`` (as ``ask_seconds``), ``lag``.
+
+        Raises:
+            ValueError: the App was made with ``metrics=False``.
+        """
+        if self.observer is None:
+            raise ValueError(f"App {self.id!r} was made with metrics=False: it counts nothing")
+        return self.observer.stats(self, lag=lag)
+
+    def add_listener(self, listener: object) -> None:
+        """Call ``listener``'s methods on request events.
+
+        See :class:`replies.Listener` for the methods (all optional), the
+        threads they run on, and what happens when one raises (it is
+        logged, never propagated). Idempotent.
+
+        Raises:
+            ValueError: the App was made with ``metrics=False``.
+        """
+        if self.observer is None:
+            raise ValueError(f"App {self.id!r} was made with metrics=False: no events")
+        self.observer.add_listener(listener)
+
+    def remove_listener(self, listener: object) -> None:
+        """Stop calling a listener added with :meth:`add_listener`."""
+        if self.observer is not None:
+            self.observer.remove_listener(listener)
 
     # -- for the handles ----------------------------------------------------
 

@@ -169,6 +169,13 @@ def _build_parser() -> _Parser:
         default=argparse.SUPPRESS,
         help="log level of the library (client commands: critical; worker: info)",
     )
+    common.add_argument(
+        "--kafka-loglevel",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="log level of kafka-python (default: warning, or --loglevel if higher)",
+    )
     client = _Parser(add_help=False, parents=[common])
     client.add_argument(
         "--broker",
@@ -525,6 +532,20 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _configure_logging(level: str, kafka_level: Optional[str], stream: IO[str]) -> None:
+    """Log to ``stream``: this library at ``level``; kafka-python at
+    ``kafka_level``, by default at warning (or ``level`` if higher), since
+    its info lines are connection chatter, not news."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+        stream=stream,
+    )
+    if kafka_level is None:
+        kafka_level = max(level, "warning", key=LOG_LEVELS.index)
+    logging.getLogger("kafka").setLevel(kafka_level.upper())
+
+
 def main(
     argv: Optional[Sequence[str]] = None,
     *,
@@ -548,10 +569,10 @@ def main(
         except SystemExit as exc:  # --help and --version
             return int(exc.code or 0)
         default_level = {"worker": "info"}.get(args.command, "critical")
-        logging.basicConfig(
-            level=getattr(args, "loglevel", default_level).upper(),
-            format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
-            stream=err,
+        _configure_logging(
+            getattr(args, "loglevel", default_level),
+            getattr(args, "kafka_loglevel", None),
+            err,
         )
         if args.command == "ask":
             return _ask(args, out, inp)

@@ -12,9 +12,11 @@ import uuid
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Dict, Generator, Iterable, Iterator, List, Optional, Tuple, Union
 
-from replies.core.codec import deadline_after
+from replies.core.codec import Message, deadline_after
 from replies.core.promise import BarrierState, ReplyPromise, ReplyStream, on_reply_thread
 from replies.errors import DeadlockError, NoRespondersError, ReplyTimeoutError
+from replies.observe import otel
+from replies.observe.observer import CountedBarrier
 
 if TYPE_CHECKING:
     from replies.app import App
@@ -106,6 +108,9 @@ class ReplyIterator(Iterator[Any]):
     def close(self) -> None:
         """Stop waiting for the replies not taken yet. Does not block."""
         self._replies.close()
+        # Closing a generator that never started skips its cleanup, so an
+        # iterator closed before its first reply must cancel by itself.
+        self._barrier.cancel()
         self._close_bar()
 
     def _close_bar(self) -> None:
@@ -354,16 +359,49 @@ class Topic:
         stream: bool = False,
     ) -> None:
         """Encode, register the waiter for ``cid``, then produce."""
-        app = self.app
-        message = app.codec.encode_request(
+        message = self._encode(cid, key, value, seconds, waiter.reply_to, stream=stream)
+        tracer = otel.tracer()
+        if tracer is None:
+            self._send(waiter, cid, message, seconds)
+            return
+        span = otel.start_client_span(tracer, self.topic_name, message.headers)
+        otel.end_with(span, waiter)
+        try:
+            self._send(waiter, cid, message, seconds)
+        except BaseException as exc:
+            if not waiter.done():  # failed before it was registered
+                otel.mark_failed(span, exc)
+                span.end()
+            raise
+
+    def _encode(
+        self,
+        cid: str,
+        key: Any,
+        value: Any,
+        seconds: Optional[float],
+        reply_to: str,
+        *,
+        stream: bool = False,
+    ) -> Message:
+        return self.app.codec.encode_request(
             value,
             key=key,
-            reply_to=waiter.reply_to,
+            reply_to=reply_to,
             correlation_id=cid,
             deadline=deadline_after(seconds),
             stream=stream,
         )
+
+    def _send(
+        self, waiter: ReplyPromise, cid: str, message: Message, seconds: Optional[float]
+    ) -> None:
+        """Register the waiter for ``cid``, then produce ``message``."""
+        app = self.app
         consumer = app._reply_consumer()
+        observer = app.observer
+        if observer is not None and not isinstance(waiter, CountedBarrier):
+            observer.watch(observer.topic(self.topic_name), waiter)
         consumer.add(cid, waiter)
         try:
             try:
@@ -378,6 +416,8 @@ class Topic:
             consumer.table.discard(cid)
             waiter.reject(cid, exc)
             raise
+        if observer is not None:
+            observer.sent(self.topic_name, cid)
 
         def on_acked(future: Future[None]) -> None:
             error = future.exception()
@@ -392,18 +432,36 @@ class Topic:
     ) -> Tuple[BarrierState, List[str], Optional[float]]:
         seconds = self.app._timeout(timeout)
         reply_to = self.app._reply_topic(seconds)  # starts an App never started
-        barrier = BarrierState(reply_to, timeout=seconds, topic=self.topic_name)
+        observer = self.app.observer
+        barrier: BarrierState
+        if observer is None:
+            barrier = BarrierState(reply_to, timeout=seconds, topic=self.topic_name)
+        else:
+            figures = observer.topic(self.topic_name)
+            barrier = CountedBarrier(observer, figures, reply_to, timeout=seconds)
+        tracer = otel.tracer()
+        trace_headers: List[Tuple[str, bytes]] = []
+        span = None
+        if tracer is not None:
+            span = otel.start_client_span(tracer, self.topic_name, trace_headers, operation="map")
+            otel.end_with(span, barrier)
         order: List[str] = []
         try:
             for key, value in items:
                 cid = str(uuid.uuid4())
+                message = self._encode(cid, key, value, seconds, barrier.reply_to)
+                message.headers.extend(trace_headers)
                 barrier.add(ReplyPromise(barrier.reply_to, cid))
                 order.append(cid)
-                self._request(barrier, cid, key, value, seconds)
+                if observer is not None:
+                    figures.sent.inc()
+                self._send(barrier, cid, message, seconds)
         except BaseException:
             barrier.cancel()
             raise
         barrier.finalize()
+        if span is not None and not barrier.done():
+            span.set_attribute("messaging.batch.message_count", barrier.total)
         return barrier, order, seconds
 
     @staticmethod

@@ -16,7 +16,11 @@ has seen everything, and then learns how the promise ended.
 
 Callbacks never run while a lock of this module is held: ``Future`` runs its
 done-callbacks after releasing its own condition, and the barrier completes
-itself only after releasing its lock.
+itself only after releasing its lock. The one exception is
+``ReplyPromise.settle_hook``, the library's own counting (never user code):
+it runs under the future's condition, so that a count is updated before
+any waiter wakes. Lock order: the condition, then a barrier's ``_lock``;
+nothing takes the condition while holding ``_lock``.
 
 Waiting on the reply thread would wait for a reply that only that thread can
 deliver, so every blocking wait here raises :class:`DeadlockError` on a
@@ -31,7 +35,7 @@ import time
 import uuid
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from typing import Any, Iterator, List, NamedTuple, Optional, Set, Union
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Set, Union
 
 from replies.errors import DeadlockError, ReplyTimeoutError
 
@@ -45,6 +49,10 @@ __all__ = [
 ]
 
 _thread_role = threading.local()
+
+# concurrent.futures' states of a future not done yet (its `_state`).
+_PENDING = "PENDING"
+_NOT_DONE = frozenset({_PENDING, "RUNNING"})
 
 
 def mark_reply_thread() -> None:
@@ -128,6 +136,14 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
     #: than the first one.
     streaming = False
 
+    #: Called as ``hook(promise, error, cancelled)`` once, as the promise
+    #: completes (``error`` is None for a result), under the future's
+    #: condition and so before any waiter wakes. For the library's counters
+    #: only: it must be quick and must not block, log or call user code.
+    settle_hook: Optional[
+        Callable[["ReplyPromise", Optional[BaseException], bool], None]
+    ] = None
+
     def __init__(
         self,
         reply_to: str,
@@ -144,6 +160,33 @@ class ReplyPromise(Future):  # type: ignore[type-arg]
         self.topic = topic
         #: ``time.monotonic()`` value after which the promise times out.
         self.deadline = _deadline(timeout)
+
+    def set_result(self, result: Any) -> None:
+        hook = self.settle_hook
+        if hook is None:
+            return super().set_result(result)
+        with self._condition:
+            if self._state in _NOT_DONE:
+                hook(self, None, False)
+            super().set_result(result)
+
+    def set_exception(self, exception: Optional[BaseException]) -> None:
+        hook = self.settle_hook
+        if hook is None:
+            return super().set_exception(exception)
+        with self._condition:
+            if self._state in _NOT_DONE:
+                hook(self, exception, False)
+            super().set_exception(exception)
+
+    def cancel(self) -> bool:
+        hook = self.settle_hook
+        if hook is None:
+            return super().cancel()
+        with self._condition:
+            if self._state == _PENDING:
+                hook(self, None, True)
+            return super().cancel()
 
     def _check_correlation_id(self, correlation_id: str) -> None:
         if not correlation_id:

@@ -84,6 +84,7 @@ from typing import (
 
 from replies.core.codec import Message, Request
 from replies.errors import DecodeError, NoRespondersError, RemoteError, TransportError
+from replies.observe.serving import AgentObserver, reply_headers
 from replies.transport.base import GroupReader, Record, TopicPartition
 
 if TYPE_CHECKING:
@@ -175,6 +176,7 @@ class AgentWorker:
         self.app = app
         self.agent = agent
         self.logger = logging.getLogger(f"replies.agent.{agent.name}")
+        self._observing = AgentObserver(app.observer, agent.name, self.logger)
         self.handled = 0
         self.error_replies = 0
         self.skipped_undecodable = 0
@@ -596,6 +598,7 @@ class AgentWorker:
             job.note("skipped_expired")
             return
         job.note("handled")
+        handling = self._observing.start(record, request)
         try:
             result = self.agent.invoke(request.value, request.key)
             if not inspect.isgenerator(result):
@@ -614,11 +617,14 @@ class AgentWorker:
                 finally:
                     result.close()
         except Exception as exc:
+            handling.error = exc
             self.logger.exception(
                 "agent %s raised on request %s", self.agent.name, request.correlation_id
             )
             self._reply(job, request, None, error=exc)
             self._dead_letter(job, exc)
+        finally:
+            handling.close()
 
     def _reply(
         self,
@@ -681,6 +687,7 @@ class AgentWorker:
 
     def _send_reply(self, job: _Job, request: Request, message: Message, *, retry: bool) -> bool:
         """Queue one reply record; failures go to :meth:`_reply_failed`."""
+        reply_headers(message.headers)
         topic = request.reply_to
         assert topic is not None
 
