@@ -188,3 +188,31 @@ def test_a_request_larger_than_max_request_size_is_refused_before_sending(
         assert caught.value.cause == "too_large"
         assert "max_request_size (10000 bytes)" in str(caught.value)
         assert echo.ask("small", timeout=20) == "small"
+
+
+@pytest.mark.integration
+def test_a_worker_forgets_reply_topics_its_clients_deleted(
+    kafka_bootstrap: str, kafka_client_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # kafka-python keeps asking metadata for every topic it ever sent to: a
+    # worker would log an error for each departed client's reply topic
+    # every retry_backoff_ms, for good, and ask for more of them each time.
+    url = f"kafka://{kafka_bootstrap}"
+    prefix = f"forget{uuid.uuid4().hex[:6]}"
+    server = replies.App(prefix, broker=url, topic_partitions=1, **kafka_client_settings)
+    echo = _echo(server)
+    with server:
+        server.serve()
+        clients = [
+            replies.App(f"{prefix}-c{i}", broker=url, **kafka_client_settings) for i in range(3)
+        ]
+        gone = []
+        for client in clients:
+            with client:
+                assert client.topic(echo.topic_name).ask(1, timeout=20) == 1
+                gone.append(client.reply_to)
+        caplog.set_level("ERROR", logger="kafka.cluster")
+        time.sleep(3)  # ~30 metadata refreshes at kafka-python's 100 ms backoff
+        assert echo.ask(2, timeout=20) == 2
+    complaints = [r for r in caplog.records if any(t in r.getMessage() for t in gone)]
+    assert len(complaints) <= 2 * len(gone), [r.getMessage() for r in complaints[:5]]

@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import kafka
 import kafka.errors
@@ -364,6 +364,9 @@ class KafkaTransport(Transport):
         # the topic of each.
         self._pending_lock = threading.Lock()
         self._pending: Dict[Future[None], str] = {}
+        # Topics the last metadata responses said are missing, with how
+        # many said so in a row (the producer's IO thread only).
+        self._missing_strikes: Dict[str, int] = {}
         self._producer = self._new_producer(deadline)
 
     def _new_producer(self, deadline: float) -> kafka.KafkaProducer:
@@ -380,28 +383,31 @@ class KafkaTransport(Transport):
         return producer
 
     def _on_metadata(self, cluster: Any) -> None:
-        """Fail records to topics that were deleted since they were sent.
+        """Forget topics that no longer exist, failing records sent to them.
 
-        kafka-python retries such a record until ``delivery_timeout_ms``
-        (two minutes); a metadata response without the topic, nor an id for
-        it, says it is gone. Runs on the producer's IO thread after each
-        metadata update: reads and completes futures, never blocks.
+        kafka-python never forgets a topic it sent to: once a client's reply
+        topic is deleted, a worker's producer would ask for it (and log an
+        error) every ``retry_backoff_ms``, for good, and retry records to it
+        until ``delivery_timeout_ms`` (two minutes). A topic that metadata
+        responses list neither with partitions nor with an id, twice in a
+        row (once could predate a send that is waiting for it), is gone.
+        Runs on the producer's IO thread after each metadata update: reads
+        and completes futures, never blocks.
         """
-        with self._pending_lock:
-            topics = set(self._pending.values())
-        gone = {
-            topic
-            for topic in topics
-            if topic in cluster._topics
-            and cluster.partitions_for_topic(topic) is None
-            and cluster.topic_id(topic) is None
-        }
+        strikes = self._missing_strikes  # only this thread uses it
+        gone = set()
+        for topic in cluster._topics:
+            if cluster.partitions_for_topic(topic) is None and cluster.topic_id(topic) is None:
+                strikes[topic] = strikes.get(topic, 0) + 1
+                if strikes[topic] >= 2:
+                    gone.add(topic)
+        for topic in set(strikes) - set(cluster._topics) | gone:
+            strikes.pop(topic, None)
         if not gone:
             return
+        _untrack(cluster, gone)
         with self._pending_lock:
             lost = [(acked, topic) for acked, topic in self._pending.items() if topic in gone]
-        for topic in gone:
-            _untrack(cluster, topic)
         for acked, topic in lost:
             _settle(acked, NoRespondersError(f"topic {topic} does not exist (deleted)", topic=topic))
 
@@ -1194,8 +1200,8 @@ def _fatally_failed(producer: kafka.KafkaProducer) -> bool:
     return manager is not None and bool(manager.has_fatal_error())
 
 
-def _untrack(cluster: Any, topic: str) -> None:
-    """Stop the producer asking metadata for a topic that does not exist.
+def _untrack(cluster: Any, topics: Union[str, Set[str]]) -> None:
+    """Stop the producer asking metadata for topics that do not exist.
 
     kafka-python never forgets a topic it was asked to send to, and while
     one is missing it refreshes metadata every ``retry_backoff_ms``.
@@ -1203,7 +1209,7 @@ def _untrack(cluster: Any, topic: str) -> None:
     built from it on the IO thread intact; if the sender thread adds a
     topic at the same moment, that topic is added again by its next send.
     """
-    cluster._topics = cluster._topics - {topic}
+    cluster._topics = cluster._topics - ({topics} if isinstance(topics, str) else topics)
 
 
 def _shutdown(producer: kafka.KafkaProducer) -> None:
