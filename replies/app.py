@@ -670,6 +670,8 @@ class App:
         """
         self._lock = threading.Lock()
         self._name_lock = threading.Lock()
+        if self._transport is not None:
+            self._transport.abandon()
         self._transport = None
         self._consumer = None
         self._workers = []

@@ -128,3 +128,37 @@ def test_a_multiprocessing_child_closes_its_app(
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["answer"] == result["child"] and result["code"] == 0
     assert result["exists"] is False, "the child deleted its own reply topic"
+
+
+INHERITED_PRODUCER_CHILD = """
+import json, os, sys
+import replies
+app = replies.App("exit-hook", broker=os.environ["REPLIES_TEST_BROKER_URL"],
+                  **json.loads(os.environ["REPLIES_TEST_KAFKA_SETTINGS"]))
+app.start()
+inherited = app.transport
+pid = os.fork()
+if pid == 0:
+    # The reset ran at the fork: the parent's producer must not be flushed
+    # by kafka-python's exit hook here, where its sender thread is missing.
+    hook = inherited._producer._cleanup
+    os._exit(0 if hook is None else 3)
+_, status = os.waitpid(pid, 0)
+app.close()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_never_runs_the_parents_producer_exit_hook(
+    kafka_bootstrap: str, kafka_client_settings: Dict[str, Any]
+) -> None:
+    env = dict(
+        os.environ,
+        REPLIES_TEST_BROKER_URL=f"kafka://{kafka_bootstrap}",
+        REPLIES_TEST_KAFKA_SETTINGS=json.dumps(kafka_client_settings),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", INHERITED_PRODUCER_CHILD],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -211,6 +211,14 @@ class Transport(abc.ABC):
         (``cause="closed"``) and returns, also with the broker down.
         """
 
+    def abandon(self) -> None:
+        """Forget this transport in a forked child, closing nothing.
+
+        Its threads live in the parent and its sockets are shared with it,
+        so nothing may be flushed or closed from here; this only makes sure
+        no exit hook of the parent's clients runs in the child.
+        """
+
     def describe_readers(self, topic: str) -> Optional[TopicReaders]:
         """Which consumer groups read ``topic``: members and lag of each.
 

@@ -790,6 +790,12 @@ class KafkaTransport(Transport):
             raise
         return _KafkaGroupReader(consumer, listener)
 
+    def abandon(self) -> None:
+        # kafka-python registers an exit hook per producer that flushes it:
+        # in a child the producer's sender thread does not exist, so the
+        # hook would wait, time out and print a traceback at exit.
+        _drop_exit_hook(self._producer)
+
     def close(self, timeout: Optional[float] = None) -> None:
         with self._producer_lock:
             if self._closed:
@@ -1210,6 +1216,11 @@ def _untrack(cluster: Any, topics: Union[str, Set[str]]) -> None:
     topic at the same moment, that topic is added again by its next send.
     """
     cluster._topics = cluster._topics - ({topics} if isinstance(topics, str) else topics)
+
+
+def _drop_exit_hook(producer: kafka.KafkaProducer) -> None:
+    """Unregister the exit hook kafka-python registered for ``producer``."""
+    producer._unregister_cleanup()
 
 
 def _shutdown(producer: kafka.KafkaProducer) -> None:
