@@ -237,6 +237,8 @@ def test_send_delivers_a_request_that_wants_no_reply(
     assert not any(key == "Faust-Ag-ReplyTo" for key, _ in found[0].headers)
 
 
+# Tansu: kafka-python cannot read its DescribeGroups answers, so ping cannot work there.
+@pytest.mark.kafka_only
 @pytest.mark.integration
 def test_ping_reports_the_group_and_its_members(served: Served) -> None:
     done = client(served, "ping", f"{served.app_id}-work")
@@ -253,6 +255,8 @@ def test_remote_error_exits_4(served: Served) -> None:
     assert line == "replies: the agent raised KeyError: 'x'"
 
 
+# Tansu: kafka-python cannot read its DescribeGroups answers, so ping cannot work there.
+@pytest.mark.kafka_only
 @pytest.mark.integration
 def test_timeout_exits_3_and_names_the_topic(served: Served, kafka_bootstrap: str) -> None:
     # A topic that exists but that nobody reads.
@@ -296,6 +300,8 @@ def test_unreachable_broker_exits_6_after_the_connect_timeout() -> None:
         assert "127.0.0.1:9" in line
 
 
+# Tansu holds a group join for half kafka-python's default 45 s session timeout.
+@pytest.mark.kafka_only
 @pytest.mark.integration
 def test_worker_serves_only_the_agents_named_with_the_concurrency_given(
     kafka_bootstrap: str, tmp_path: Path

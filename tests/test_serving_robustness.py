@@ -198,6 +198,8 @@ def _small_reply_topic(app: replies.App, limit: int) -> str:
     return name
 
 
+# Tansu does not enforce max.message.bytes (the memory broker does).
+@pytest.mark.kafka_only
 def test_a_reply_too_large_for_its_topic_gets_a_small_error_reply(make_app: MakeApp) -> None:
     server = make_app("srv", topic_partitions=1)
 

@@ -917,6 +917,14 @@ class KafkaTransport(Transport):
                 return _describe_readers(self._admin_locked(), topic)
         except kafka.errors.KafkaError as exc:
             raise TransportError(f"cannot describe the readers of {topic}: {exc}") from exc
+        except ValueError as exc:
+            # kafka-python could not parse the broker's DescribeGroups answer
+            # (Tansu's authorized operations, for one).
+            raise TransportError(
+                f"cannot describe the readers of {topic}: the broker's consumer-group "
+                f"description could not be read ({exc})",
+                topic=topic,
+            ) from exc
 
 
 # -- reaching a broker ---------------------------------------------------------------

@@ -28,6 +28,8 @@ def replies_command(kafka_bootstrap: str, *args: str) -> "subprocess.CompletedPr
     )
 
 
+# Tansu: kafka-python cannot read its DescribeGroups answers, so ping cannot work there.
+@pytest.mark.kafka_only
 def test_ask_and_ping_a_faust_agent_from_the_shell(
     faust_worker: procs.FaustWorker, kafka_bootstrap: str
 ) -> None:
