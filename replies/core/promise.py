@@ -28,7 +28,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import uuid
+import os
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, Iterator, List, NamedTuple, Optional, Set, Union
@@ -42,9 +42,23 @@ __all__ = [
     "ReplyStream",
     "mark_reply_thread",
     "on_reply_thread",
+    "new_correlation_id",
 ]
 
 _thread_role = threading.local()
+
+# The RFC 4122 variant digit for each value of a random hex digit.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_correlation_id() -> str:
+    """A fresh random (version 4) UUID in its text form, as Faust makes them.
+
+    Equal in form and randomness to ``str(uuid.uuid4())``, at less than half
+    its cost (no :class:`uuid.UUID` object is built): one per request.
+    """
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def mark_reply_thread() -> None:
@@ -399,7 +413,7 @@ class BarrierState(_BufferedReplies):
         topic: Optional[str] = None,
     ) -> None:
         super().__init__(
-            reply_to, correlation_id or str(uuid.uuid4()), timeout=timeout, topic=topic
+            reply_to, correlation_id or new_correlation_id(), timeout=timeout, topic=topic
         )
         # ``_lock`` (from the base class) also guards the fields below; it is
         # never held while completing the future.
