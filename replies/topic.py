@@ -402,7 +402,7 @@ class Topic:
         try:
             for key, value in items:
                 cid = new_correlation_id()
-                barrier.add(ReplyPromise(barrier.reply_to, cid))
+                barrier.add_id(cid)
                 order.append(cid)
                 self._request(barrier, cid, key, value, seconds)
         except BaseException:

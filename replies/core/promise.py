@@ -432,14 +432,27 @@ class BarrierState(_BufferedReplies):
             RuntimeError: the barrier is already finalized.
             ValueError: the promise's correlation id was already added.
         """
+        self.add_id(promise.correlation_id)
+        self.pending.append(promise)
+
+    def add_id(self, correlation_id: str) -> None:
+        """Add one request by its correlation id alone, as :meth:`add` does.
+
+        Saves building a promise per request for a big ``join`` or ``map``
+        (it is not kept in :attr:`pending`). Does not block.
+
+        Raises:
+            RuntimeError: the barrier is already finalized.
+            ValueError: the correlation id was already added, or is empty.
+        """
+        self._check_correlation_id(correlation_id)
         with self._lock:
             if self._finalized:
                 raise RuntimeError("cannot add to a finalized BarrierState")
-            if promise.correlation_id in self._added:
-                raise ValueError(f"correlation id {promise.correlation_id} added twice")
-            self._added.add(promise.correlation_id)
-            self._unanswered.add(promise.correlation_id)
-            self.pending.append(promise)
+            if correlation_id in self._added:
+                raise ValueError(f"correlation id {correlation_id} added twice")
+            self._added.add(correlation_id)
+            self._unanswered.add(correlation_id)
             self.size += 1
 
     def finalize(self) -> None:
