@@ -336,3 +336,20 @@ def test_new_correlation_ids_are_random_uuid4_text():
     # Every variant digit (8, 9, a, b) and every random digit occur.
     assert {cid[19] for cid in ids} == set("89ab")
     assert {c for cid in ids for c in cid[:8]} == set("0123456789abcdef")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_other_correlation_ids_than_its_parent():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id, and leave at once
+        os.write(write_end, new_correlation_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    try:
+        child = os.read(read_end, 100).decode()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert uuid.UUID(child).version == 4
+    assert child != new_correlation_id()  # the parent's next one

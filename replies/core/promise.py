@@ -26,6 +26,7 @@ thread marked with :func:`mark_reply_thread` instead of hanging.
 from __future__ import annotations
 
 import queue
+import random
 import threading
 import time
 import os
@@ -51,13 +52,23 @@ _thread_role = threading.local()
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
+# Random bits for correlation ids. Not os.urandom: that releases the GIL
+# for its system call, and getting it back behind busy client threads cost
+# more than the rest of a request. Seeded from os.urandom, and again in a
+# forked child, so that no two processes draw the same ids.
+_random = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_random.seed)
+
+
 def new_correlation_id() -> str:
     """A fresh random (version 4) UUID in its text form, as Faust makes them.
 
-    Equal in form and randomness to ``str(uuid.uuid4())``, at less than half
-    its cost (no :class:`uuid.UUID` object is built): one per request.
+    The same form as ``str(uuid.uuid4())``, from 122 random bits, at a third
+    of its cost and without a system call: one per request. The bits are not
+    cryptographically strong; correlation ids only need to be unique.
     """
-    h = os.urandom(16).hex()
+    h = f"{_random.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
