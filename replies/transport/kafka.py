@@ -276,7 +276,7 @@ class _KafkaGroupReader(_KafkaReader, GroupReader):
 
 
 def _record(r: Any) -> Record:
-    headers = [(k, v) for k, v in (r.headers or [])]
+    headers = list(r.headers) if r.headers else []  # kafka-python's (key, value) tuples
     return Record(r.topic, r.partition, r.offset, r.key, r.value, headers)
 
 
