@@ -25,11 +25,11 @@ thread marked with :func:`mark_reply_thread` instead of hanging.
 
 from __future__ import annotations
 
+import os
 import queue
 import random
 import threading
 import time
-import os
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, Iterator, List, NamedTuple, Optional, Set, Union
