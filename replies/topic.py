@@ -8,12 +8,17 @@ table when it is answered, times out, is cancelled, or the App closes.
 from __future__ import annotations
 
 import time
-import uuid
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Dict, Generator, Iterable, Iterator, List, Optional, Tuple, Union
 
 from replies.core.codec import Message, deadline_after
-from replies.core.promise import BarrierState, ReplyPromise, ReplyStream, on_reply_thread
+from replies.core.promise import (
+    BarrierState,
+    ReplyPromise,
+    ReplyStream,
+    new_correlation_id,
+    on_reply_thread,
+)
 from replies.errors import DeadlockError, NoRespondersError, ReplyTimeoutError
 from replies.observe import otel
 from replies.observe.observer import CountedBarrier
@@ -199,7 +204,7 @@ class Topic:
         """
         seconds = self.app._timeout(timeout)
         reply_to = self.app._reply_topic(seconds)  # starts an App never started
-        promise = ReplyPromise(reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name)
+        promise = ReplyPromise(reply_to, new_correlation_id(), timeout=seconds, topic=self.topic_name)
         self._request(promise, promise.correlation_id, key, value, seconds)
         return promise
 
@@ -220,7 +225,7 @@ class Topic:
         """
         seconds = self.app._timeout(timeout)
         reply_to = self.app._reply_topic(seconds)
-        promise = ReplyStream(reply_to, str(uuid.uuid4()), timeout=seconds, topic=self.topic_name)
+        promise = ReplyStream(reply_to, new_correlation_id(), timeout=seconds, topic=self.topic_name)
         self._request(promise, promise.correlation_id, key, value, seconds, stream=True)
         return self._values(promise, seconds)
 
@@ -336,7 +341,7 @@ class Topic:
             A future that completes when the broker acknowledged the request.
         """
         if reply_to is not None and not correlation_id:
-            correlation_id = str(uuid.uuid4())
+            correlation_id = new_correlation_id()
         message = self.app.codec.encode_request(
             value, key=key, reply_to=reply_to, correlation_id=correlation_id
         )
@@ -448,10 +453,10 @@ class Topic:
         order: List[str] = []
         try:
             for key, value in items:
-                cid = str(uuid.uuid4())
+                cid = new_correlation_id()
                 message = self._encode(cid, key, value, seconds, barrier.reply_to)
                 message.headers.extend(trace_headers)
-                barrier.add(ReplyPromise(barrier.reply_to, cid))
+                barrier.add_id(cid)
                 order.append(cid)
                 if observer is not None:
                     figures.sent.inc()

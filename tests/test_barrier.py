@@ -82,6 +82,27 @@ def test_adding_a_correlation_id_twice_raises(answered_first: bool) -> None:
     assert barrier.size == 1
 
 
+def test_add_id_counts_a_request_without_a_promise() -> None:
+    barrier = BarrierState(TOPIC)
+    barrier.add_id("a")
+    barrier.add(ReplyPromise(TOPIC, "b"))
+    assert (barrier.size, [p.correlation_id for p in barrier.pending]) == (2, ["b"])
+    with pytest.raises(ValueError, match="twice"):
+        barrier.add_id("b")
+    with pytest.raises(ValueError, match="twice"):
+        barrier.add(ReplyPromise(TOPIC, "a"))
+    with pytest.raises(ValueError, match="non-empty"):
+        barrier.add_id("")
+    assert barrier.fulfill("a", 1) and not barrier.fulfill("c", 3)
+    barrier.finalize()
+    assert not barrier.done()
+    assert barrier.fulfill("b", 2)
+    assert barrier.result(0) is True
+    assert sorted(drain(barrier)) == [("a", 1), ("b", 2)]
+    with pytest.raises(RuntimeError, match="finalized"):
+        barrier.add_id("late")
+
+
 @pytest.mark.parametrize("before_finalize", [0, 1, 2, 3])
 def test_result_is_true_once_every_reply_arrived_after_finalize(before_finalize: int) -> None:
     barrier, ids = make_barrier(3)

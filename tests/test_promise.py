@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import Any, Callable, Dict
@@ -21,6 +22,7 @@ from replies.core.promise import (
     ReplyStream,
     ReplyTuple,
     mark_reply_thread,
+    new_correlation_id,
     on_reply_thread,
 )
 from replies.errors import DeadlockError, RemoteError, ReplyError, ReplyTimeoutError
@@ -321,3 +323,34 @@ def test_timeout_error_is_caught_as_a_futures_timeout_too() -> None:
     error = ReplyTimeoutError("late")
     assert isinstance(error, concurrent.futures.TimeoutError)
     assert isinstance(error, TimeoutError)
+
+
+def test_new_correlation_ids_are_random_uuid4_text():
+    ids = [new_correlation_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for cid in ids:
+        parsed = uuid.UUID(cid)
+        assert str(parsed) == cid  # canonical lower-case text form, as Faust's
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # Every variant digit (8, 9, a, b) and every random digit occur.
+    assert {cid[19] for cid in ids} == set("89ab")
+    assert {c for cid in ids for c in cid[:8]} == set("0123456789abcdef")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_other_correlation_ids_than_its_parent():
+    new_correlation_id()  # the parent holds a batch of ids not drawn yet
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id, and leave at once
+        os.write(write_end, new_correlation_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    try:
+        child = os.read(read_end, 100).decode()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert uuid.UUID(child).version == 4
+    assert child != new_correlation_id()  # the parent's next one

@@ -283,7 +283,7 @@ class _KafkaGroupReader(_KafkaReader, GroupReader):
 
 
 def _record(r: Any) -> Record:
-    headers = [(k, v) for k, v in (r.headers or [])]
+    headers = list(r.headers) if r.headers else []  # kafka-python's (key, value) tuples
     return Record(r.topic, r.partition, r.offset, r.key, r.value, headers)
 
 
@@ -457,7 +457,6 @@ class KafkaTransport(Transport):
         deadline = time.monotonic() + (self._max_block if timeout is None else timeout)
         producer = self._live_producer(deadline)
         self._await_partitions(producer, topic, deadline)
-        size = _size(message)
         try:
             sent = producer.send(
                 topic,
@@ -471,7 +470,7 @@ class KafkaTransport(Transport):
                 "max_request_size", kafka.KafkaProducer.DEFAULT_CONFIG["max_request_size"]
             )
             raise TransportError(
-                f"a record of {size} bytes to topic {topic} is larger than the "
+                f"a record of {_size(message)} bytes to topic {topic} is larger than the "
                 f"producer's max_request_size ({limit} bytes)",
                 topic=topic,
                 cause="too_large",
@@ -491,7 +490,7 @@ class KafkaTransport(Transport):
                 # Naming the limit takes an admin round trip.
                 threading.Thread(
                     target=self._fail_too_large,
-                    args=(acked, topic, size, exc),
+                    args=(acked, topic, _size(message), exc),
                     name="replies-producer-error",
                     daemon=True,
                 ).start()
@@ -517,6 +516,12 @@ class KafkaTransport(Transport):
 
     def _live_producer(self, deadline: float) -> kafka.KafkaProducer:
         """The producer to send with, replacing one that failed for good."""
+        # Fast path without the lock, which every handler thread would
+        # contend for: reading the two fields is atomic, and a close that
+        # races with this read is the same as one just after it.
+        producer = self._producer
+        if not self._closed and not _fatally_failed(producer):
+            return producer
         with self._producer_lock:
             if self._closed:
                 raise TransportError("the transport is closed", cause="closed")
