@@ -417,3 +417,42 @@ def test_kafka_readers_skip_records_kafka_python_cannot_parse(
             reader.close()
         transport.delete_topic(topic, timeout=10)
         transport.close(5)
+
+
+@pytest.mark.integration
+def test_an_agent_commits_past_records_kafka_python_cannot_read(
+    kafka_bootstrap: str, kafka_client_settings: Dict[str, Any]
+) -> None:
+    # The unreadable record is the last one of its partition: no later
+    # record's commit moves past it, so the worker must commit past it itself
+    # or every member that gets the partition meets it again.
+    import time
+
+    import kafka
+
+    url = f"kafka://{kafka_bootstrap}"
+    app = replies.App(f"t{uuid.uuid4().hex[:8]}", broker=url, topic_partitions=1,
+                      **kafka_client_settings)
+
+    @app.agent()
+    def echo(value: Any) -> Any:
+        return value
+
+    producer = kafka.KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    admin = kafka.KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        with app:
+            app.serve()
+            assert echo.ask("first", timeout=30) == "first"
+            producer.send(echo.topic_name, b"1", headers=[(RawKey(b"\xff\xfe"), b"v")]).get(10)
+            (worker,) = app._workers
+            deadline = time.monotonic() + 20
+            while worker._reader is not None and worker._reader.skipped == 0:
+                assert time.monotonic() < deadline, "the worker never met the record"
+                time.sleep(0.05)
+        tp = kafka.TopicPartition(echo.topic_name, 0)
+        committed = admin.list_group_offsets(echo.group_id)[echo.group_id][tp].offset
+        assert committed == 2, "the offset after the unreadable record is committed"
+    finally:
+        producer.close(5)
+        admin.close()

@@ -355,6 +355,7 @@ class AgentWorker:
         # new assignment started at.
         self._forget_revoked()
         self._take(records)
+        self._take_skips(reader.take_skipped())
         self._maybe_commit()
 
     def _poll_failed(self, exc: Exception, failures: int) -> None:
@@ -424,6 +425,17 @@ class AgentWorker:
             self._held_bytes += size
             put((record, self._generations[tp]))
 
+    def _take_skips(self, skips: List[Tuple[TopicPartition, int]]) -> None:
+        """Count records the reader could not read as served: committed
+        like the others, so no member meets them again."""
+        for tp, after in skips:
+            marks = self._outstanding.get(tp)
+            if marks is None:
+                marks = self._outstanding[tp] = OrderedDict()
+                self._generations[tp] = next(self._next_generation)
+            marks[after - 1] = _SERVED
+            self._advance(marks, tp)
+
     def _collect_done(self, block: float = 0.0) -> None:
         """Take finished records off the done queue; note commit progress.
 
@@ -459,6 +471,10 @@ class AgentWorker:
         marks[offset] = state
         self._held -= 1
         self._held_bytes -= size
+        self._advance(marks, tp)
+
+    def _advance(self, marks: "OrderedDict[int, int]", tp: TopicPartition) -> None:
+        """Drop the leading run of served offsets; note the commit it allows."""
         committable = None
         for first, mark in marks.items():
             if mark != _SERVED:

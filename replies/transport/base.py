@@ -78,6 +78,15 @@ class Reader(abc.ABC):
     def poll(self, timeout: float) -> List[Record]:
         """Return the records that arrived, waiting up to ``timeout`` s."""
 
+    def take_skipped(self) -> List[Tuple[TopicPartition, int]]:
+        """Where this reader skipped unreadable records to since the last call.
+
+        Returns:
+            ``((topic, partition), next offset)`` for each skip, so that a
+            group member can commit past records it never got.
+        """
+        return []
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the reader. Idempotent."""

@@ -145,6 +145,8 @@ class _KafkaReader(Reader):
     def __init__(self, consumer: kafka.KafkaConsumer) -> None:
         self._consumer = consumer
         self.skipped = 0
+        # Positions skipped to, not yet handed out by take_skipped().
+        self._skips: List[Tuple[TopicPartition, int]] = []
 
     def poll(self, timeout: float) -> List[Record]:
         try:
@@ -171,6 +173,7 @@ class _KafkaReader(Reader):
             logger.debug("cannot seek past unreadable records: %s", error)
             return False
         self.skipped += after - first
+        self._skips.append(((tp.topic, tp.partition), after))
         logger.warning(
             "skipped records %s[%d]@%d..%d: kafka-python cannot read them (%s)",
             tp.topic,
@@ -180,6 +183,10 @@ class _KafkaReader(Reader):
             exc.__context__ or exc,
         )
         return True
+
+    def take_skipped(self) -> List[Tuple[TopicPartition, int]]:
+        skips, self._skips = self._skips, []
+        return skips
 
     def close(self) -> None:
         # For a group member this leaves the group, so the others take over.
