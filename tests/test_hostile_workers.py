@@ -68,6 +68,9 @@ def _offsets(bootstrap: str, topic: str, group: str) -> Tuple[Dict[int, int], Di
     return ends, {p: committed.get(p, 0) for p in ends}
 
 
+# Seen in CI on Tansu: after this garbage its end offsets stayed below the
+# offsets the worker committed (e.g. committed 14, end 11) for 15 s.
+@pytest.mark.kafka_only
 def test_garbage_on_a_worker_process_agent_topic(
     kafka_bootstrap: str, kafka_client_settings: Dict[str, Any], tmp_path: Path
 ) -> None:
