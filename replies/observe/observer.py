@@ -141,19 +141,6 @@ class TopicFigures:
     :class:`LatencyWindow` of single requests' round trips.
     """
 
-    __slots__ = (
-        "topic",
-        "sent",
-        "replies",
-        "error_replies",
-        "timeouts",
-        "cancelled",
-        "closed",
-        "send_errors",
-        "undecodable",
-        "ask_seconds",
-    )
-
     COUNTS = (
         "sent",
         "replies",
@@ -164,6 +151,8 @@ class TopicFigures:
         "send_errors",
         "undecodable",
     )
+
+    __slots__ = ("topic", *COUNTS, "ask_seconds")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
