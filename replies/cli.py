@@ -31,6 +31,7 @@ from replies.errors import (
     ReplyTimeoutError,
     TransportError,
 )
+from replies.observe.logs import BatchingHandler, LogFormatter, buffered
 from replies.transport import check_broker, open_transport
 
 __all__ = ["main", "load_app", "EXIT_CODES"]
@@ -535,12 +536,12 @@ def _one_line(text: str) -> str:
 def _configure_logging(level: str, kafka_level: Optional[str], stream: IO[str]) -> None:
     """Log to ``stream``: this library at ``level``; kafka-python at
     ``kafka_level``, by default at warning (or ``level`` if higher), since
-    its info lines are connection chatter, not news."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
-        stream=stream,
-    )
+    its info lines are connection chatter, not news. Lines are flushed in
+    batches (see :mod:`replies.observe.logs`): a worker logs per request."""
+    if not logging.root.handlers:  # as basicConfig: logging set up already stays
+        handler = BatchingHandler(buffered(stream))
+        handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+        logging.basicConfig(level=level.upper(), handlers=[handler])
     if kafka_level is None:
         kafka_level = max(level, "warning", key=LOG_LEVELS.index)
     logging.getLogger("kafka").setLevel(kafka_level.upper())

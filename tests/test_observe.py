@@ -3,6 +3,7 @@ OpenTelemetry; over the memory transport and a real Kafka broker alike."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pytest
 
 import replies
+from replies.observe.logs import BatchingHandler, LogFormatter
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -567,6 +569,54 @@ def test_logs_follow_each_request_on_both_sides(
     assert f"sent request {cid} to {work.topic_name}" in asked
     assert any(m.startswith(f"answered {cid} from {work.topic_name} in ") for m in asked)
     assert any(m.startswith("timed out: ") and "after 0.2 s" in m for m in asked)
+
+
+class _Recorder(io.StringIO):
+    """A stream that counts its flushes and keeps what each one saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: List[str] = []
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+def _batching_logger(stream: _Recorder) -> Tuple[logging.Logger, BatchingHandler]:
+    handler = BatchingHandler(stream)
+    handler.setFormatter(LogFormatter("%(levelname)s %(message)s"))
+    log = logging.getLogger(f"replies.test.batching.{os.urandom(4).hex()}")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    return log, handler
+
+
+def test_the_worker_log_handler_flushes_warnings_at_once_and_info_soon() -> None:
+    stream = _Recorder()
+    log, handler = _batching_logger(stream)
+    for n in range(50):
+        log.info("line %d", n)
+    log.warning("careful")
+    # The warning flushed itself and every line before it, in order; the
+    # fifty INFO lines did not flush one by one.
+    expected = "".join(f"INFO line {n}\n" for n in range(50)) + "WARNING careful\n"
+    assert expected in stream.flushed
+    assert len(stream.flushed) <= 2  # the flusher thread may have run once
+    log.info("later")
+    _wait_for(lambda: bool(stream.flushed) and stream.flushed[-1].endswith("INFO later\n"), 5)
+    handler.close()
+
+
+def test_the_worker_log_formatter_writes_the_standard_time() -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    ours, standard = LogFormatter(fmt), logging.Formatter(fmt)
+    for created in (1_765_000_000.0, 1_765_000_000.999, 1_765_000_001.5, 1_765_000_001.004, 1_765_086_400.25):
+        record = logging.LogRecord("replies.x", logging.INFO, __file__, 1, "m %s", ("a",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == standard.format(record)
+    record.created = 1_765_000_000.5
+    assert LogFormatter("%(asctime)s").formatTime(record, "%H") == standard.formatTime(record, "%H")
 
 
 def test_the_cli_keeps_kafka_python_at_warning_unless_asked() -> None:
