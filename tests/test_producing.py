@@ -219,5 +219,10 @@ def test_a_worker_forgets_reply_topics_its_clients_deleted(
         caplog.set_level("ERROR", logger="kafka.cluster")
         time.sleep(3)  # ~30 metadata refreshes at kafka-python's 100 ms backoff
         assert echo.ask(2, timeout=20) == 2
+        # Nor keep a record queue per partition of theirs, which kafka-python's
+        # sender checks (and asks metadata for) on every pass.
+        queues = server.transport._producer._accumulator._batches  # type: ignore[attr-defined]
+        kept = [tp for tp in list(queues) if tp.topic in gone]
+        assert kept == []
     complaints = [r for r in caplog.records if any(t in r.getMessage() for t in gone)]
     assert len(complaints) <= 2 * len(gone), [r.getMessage() for r in complaints[:5]]

@@ -386,10 +386,11 @@ class KafkaTransport(Transport):
         except kafka.errors.KafkaError as exc:
             raise _connect_error(self._bootstrap, exc) from exc
         _set_auto_create(producer._metadata, self._auto_create)
-        producer._metadata.add_listener(self._on_metadata)
+        accumulator = producer._accumulator
+        producer._metadata.add_listener(lambda cluster: self._on_metadata(cluster, accumulator))
         return producer
 
-    def _on_metadata(self, cluster: Any) -> None:
+    def _on_metadata(self, cluster: Any, accumulator: Any) -> None:
         """Forget topics that no longer exist, failing records sent to them.
 
         kafka-python never forgets a topic it sent to: once a client's reply
@@ -413,6 +414,7 @@ class KafkaTransport(Transport):
         if not gone:
             return
         _untrack(cluster, gone)
+        _drop_empty_queues(accumulator, gone)
         with self._pending_lock:
             lost = [(acked, topic) for acked, topic in self._pending.items() if topic in gone]
         for acked, topic in lost:
@@ -1236,6 +1238,22 @@ def _untrack(cluster: Any, topics: Union[str, Set[str]]) -> None:
     topic at the same moment, that topic is added again by its next send.
     """
     cluster._topics = cluster._topics - ({topics} if isinstance(topics, str) else topics)
+
+
+def _drop_empty_queues(accumulator: Any, topics: Set[str]) -> None:
+    """Forget the producer's (empty) record queues for deleted topics.
+
+    kafka-python keeps a queue per partition ever sent to; the sender
+    checks each one's leader on every pass and, finding none for a deleted
+    topic, asks for a metadata update and wakes itself again: work on each
+    send that grows with every departed client. A queue still holding
+    records stays (they fail with their topic).
+    """
+    batches = accumulator._batches
+    for tp in [tp for tp in list(batches) if tp.topic in topics]:
+        with accumulator._tp_lock(tp):
+            if not batches.get(tp, True):
+                del batches[tp]
 
 
 def _drop_exit_hook(producer: kafka.KafkaProducer) -> None:
