@@ -606,6 +606,24 @@ def test_the_worker_log_handler_flushes_warnings_at_once_and_info_soon() -> None
     log.info("later")
     _wait_for(lambda: bool(stream.flushed) and stream.flushed[-1].endswith("INFO later\n"), 5)
     handler.close()
+    handler._flusher.join(5)
+    assert not handler._flusher.is_alive()
+
+
+def test_the_worker_log_handler_lets_a_process_exit() -> None:
+    # logging.shutdown closes handlers holding their locks, which the
+    # flushing thread may be waiting for.
+    code = (
+        "import logging, sys\n"
+        "from replies.cli import _configure_logging\n"
+        "_configure_logging('info', None, sys.stderr)\n"
+        "for n in range(1000): logging.getLogger('replies.x').info('line %d', n)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1000 and lines[-1].endswith("INFO MainThread replies.x: line 999")
 
 
 def test_the_worker_log_formatter_writes_the_standard_time() -> None:

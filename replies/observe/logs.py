@@ -82,11 +82,13 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
     def close(self) -> None:
-        """Flush, and stop the flushing thread."""
+        """Flush, and tell the flushing thread to stop.
+
+        Not waiting for it: :func:`logging.shutdown` calls this holding
+        the handler's lock, which that thread may be waiting for.
+        """
         self._closing = True
         self._dirty.set()
-        if self._flusher is not threading.current_thread():
-            self._flusher.join()
         self.flush()
         super().close()
 
