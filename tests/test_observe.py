@@ -548,7 +548,7 @@ def test_logs_follow_each_request_on_both_sides(
     make_app: MakeApp, caplog: pytest.LogCaptureFixture
 ) -> None:
     app, work, release = _served(make_app)
-    with caplog.at_level(logging.INFO, logger="replies.agent"), caplog.at_level(
+    with caplog.at_level(logging.DEBUG, logger="replies.agent"), caplog.at_level(
         logging.DEBUG, logger="replies.ask"
     ):
         promise = work.ask_nowait(1)
@@ -561,10 +561,24 @@ def test_logs_follow_each_request_on_both_sides(
         _wait_for(lambda: "replied to" in caplog.text and "error reply to" in caplog.text)
         _wait_for(lambda: "answered" in caplog.text and "timed out" in caplog.text)
     cid = promise.correlation_id
-    served = [r.getMessage() for r in caplog.records if r.name == "replies.agent.work"]
-    assert any(m.startswith(f"received {cid} at {work.topic_name}[") for m in served)
-    assert any(m.startswith(f"replied to {cid} in ") and m.endswith(" ms") for m in served)
-    assert any("error reply to" in m and "ValueError: bad value" in m for m in served)
+    served = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "replies.agent.work"]
+    # One INFO line per request, when it is done; its arrival at DEBUG.
+    assert any(
+        level == logging.DEBUG and m.startswith(f"received {cid} at {work.topic_name}[")
+        for level, m in served
+    )
+    assert any(
+        level == logging.INFO
+        and m.startswith(f"replied to {cid} in ")
+        and f" ms ({work.topic_name}[" in m
+        and m.endswith(f" -> {app.reply_to})")
+        for level, m in served
+    )
+    assert any(
+        level == logging.INFO and m.startswith("error reply to") and m.endswith("ValueError: bad value")
+        for level, m in served
+    )
+    assert not any(level == logging.INFO and m.startswith("received") for level, m in served)
     asked = [r.getMessage() for r in caplog.records if r.name == "replies.ask"]
     assert f"sent request {cid} to {work.topic_name}" in asked
     assert any(m.startswith(f"answered {cid} from {work.topic_name} in ") for m in asked)
@@ -691,8 +705,9 @@ def test_a_worker_logs_each_request_and_no_kafka_chatter(
         worker.wait(60)
     text = log.read_text()
     cid = promise.correlation_id
-    assert f"replies.agent.work: received {cid} at {app_id}-work[" in text
-    assert f"replies.agent.work: replied to {cid} in " in text
+    assert f"replies.agent.work: received {cid}" not in text  # DEBUG
+    assert f"INFO replies-handler-work-0 replies.agent.work: replied to {cid} in " in text
+    assert f" ms ({app_id}-work[" in text
     assert "replies.agent.fail: error reply to " in text and "KeyError: 'x'" in text
     chatter = [line for line in text.splitlines() if " INFO " in line and " kafka." in line]
     assert chatter == []

@@ -8,9 +8,10 @@ In between, on the
 handler's thread: :func:`replies.current_request` returns the request's
 metadata; when OpenTelemetry tracing is on, a SERVER span whose parent is
 the caller's context is current (and :func:`reply_headers` adds it to the
-replies); the time spent is recorded. Around it, log lines at INFO on the
-agent's logger (``replies.agent.<name>``): ``received``, then ``replied in
-3.1 ms`` or ``error reply ... : ValueError: ...``; and listeners hear
+replies); the time spent is recorded. At the end, one line at INFO on the
+agent's logger (``replies.agent.<name>``): ``replied to <id> in 3.1 ms
+(<topic>[<partition>]@<offset> -> <reply topic>)`` or ``error reply to ...:
+ValueError: ...`` (``received`` on arrival is at DEBUG); and listeners hear
 ``on_request_handled``.
 """
 
@@ -95,8 +96,8 @@ class Handling:
         self._token = set_current(info)
         if owner.figures is not None:
             owner.figures.entered()
-        if owner.logger.isEnabledFor(logging.INFO):
-            owner.logger.info(
+        if owner.logger.isEnabledFor(logging.DEBUG):
+            owner.logger.debug(
                 "received %s at %s[%d]@%d%s",
                 info.correlation_id or "a cast",
                 info.topic,
@@ -142,19 +143,35 @@ class Handling:
                 figures.casts.inc()
         logger = owner.logger
         if logger.isEnabledFor(logging.INFO):
-            cid = info.correlation_id or "a cast"
-            if exc is not None:
+            # One line per request, like an access log: a second one on
+            # arrival (at DEBUG) would double the logging cost per request.
+            where = (info.topic, info.partition, info.offset)
+            if info.reply_to is None:
                 logger.info(
-                    "error reply to %s in %.1f ms: %s: %s",
-                    cid,
+                    "handled %s in %.1f ms (%s[%d]@%d, no reply wanted)%s",
+                    info.correlation_id or "a cast",
                     seconds * 1e3,
+                    *where,
+                    "" if exc is None else f": {type(exc).__name__}: {exc}",
+                )
+            elif exc is not None:
+                logger.info(
+                    "error reply to %s in %.1f ms (%s[%d]@%d -> %s): %s: %s",
+                    info.correlation_id,
+                    seconds * 1e3,
+                    *where,
+                    info.reply_to,
                     type(exc).__name__,
                     exc,
                 )
-            elif info.reply_to is None:
-                logger.info("handled %s in %.1f ms (no reply wanted)", cid, seconds * 1e3)
             else:
-                logger.info("replied to %s in %.1f ms", cid, seconds * 1e3)
+                logger.info(
+                    "replied to %s in %.1f ms (%s[%d]@%d -> %s)",
+                    info.correlation_id,
+                    seconds * 1e3,
+                    *where,
+                    info.reply_to,
+                )
         observer = owner.observer
         if observer is not None and observer.on_request_handled:
             observer.emit(observer.on_request_handled, owner.agent, info, seconds, exc)
