@@ -602,7 +602,8 @@ class App:
         return self.reply_to
 
     def _reply_consumer(self, timeout: Optional[float] = None) -> ReplyConsumer:
-        self._check_process()
+        # No _check_process() on the paths of every request (it costs a
+        # system call): in a child, the at-fork hook has reset the App.
         consumer = self._consumer
         if consumer is not None:
             return consumer
@@ -612,8 +613,7 @@ class App:
     def _produce(
         self, topic: str, message: Message, timeout: Optional[float] = None
     ) -> Future[None]:
-        self._check_process()
-        transport = self._transport
+        transport = self._transport  # see _reply_consumer: no _check_process()
         if transport is None:
             with self._locked_for_lazy_start(timeout):
                 transport = self._transport_locked()
@@ -655,7 +655,12 @@ class App:
         return self._transport
 
     def _check_process(self) -> None:
-        """Forget a parent's resources if ``fork`` ran without its hooks."""
+        """Forget a parent's resources if ``fork`` ran without its hooks.
+
+        Called where an App starts, serves and closes, not per request: a
+        fork through ``os.fork`` (and multiprocessing) runs the hook that
+        resets every App in the child.
+        """
         if os.getpid() != self._pid:
             self._reset_in_child()
 

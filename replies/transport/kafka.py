@@ -491,37 +491,42 @@ class KafkaTransport(Transport):
         acked: Future[None] = Future()
         with self._pending_lock:
             self._pending[acked] = topic
-        acked.add_done_callback(self._forget)
-
-        def on_error(exc: BaseException) -> None:
-            # On kafka-python's IO thread: never block here.
-            if isinstance(exc, _SIZE_ERRORS):
-                # Naming the limit takes an admin round trip.
-                threading.Thread(
-                    target=self._fail_too_large,
-                    args=(acked, topic, _size(message), exc),
-                    name="replies-producer-error",
-                    daemon=True,
-                ).start()
-                return
-            if _authorization_failure(exc):
-                error = self._denied(exc, "WRITE", topic=topic)
-            else:
-                error = TransportError(
-                    f"send to {topic} failed: {exc}",
-                    topic=topic,
-                    cause="closed" if self._closed else None,
-                )
-            error.__cause__ = exc
-            _settle(acked, error)
-
-        sent.add_callback(lambda _: _settle(acked, None))
-        sent.add_errback(on_error)
+        # Bound methods with arguments, not closures: this runs per record.
+        sent.add_callback(self._on_sent, acked)
+        sent.add_errback(self._on_send_error, acked, topic, message)
         return acked
 
-    def _forget(self, acked: Future[None]) -> None:
+    def _on_sent(self, acked: Future[None], metadata: Any) -> None:
+        # On kafka-python's IO thread: never block here.
         with self._pending_lock:
             self._pending.pop(acked, None)
+        _settle(acked, None)
+
+    def _on_send_error(
+        self, acked: Future[None], topic: str, message: Message, exc: BaseException
+    ) -> None:
+        # On kafka-python's IO thread: never block here.
+        with self._pending_lock:
+            self._pending.pop(acked, None)
+        if isinstance(exc, _SIZE_ERRORS):
+            # Naming the limit takes an admin round trip.
+            threading.Thread(
+                target=self._fail_too_large,
+                args=(acked, topic, _size(message), exc),
+                name="replies-producer-error",
+                daemon=True,
+            ).start()
+            return
+        if _authorization_failure(exc):
+            error = self._denied(exc, "WRITE", topic=topic)
+        else:
+            error = TransportError(
+                f"send to {topic} failed: {exc}",
+                topic=topic,
+                cause="closed" if self._closed else None,
+            )
+        error.__cause__ = exc
+        _settle(acked, error)
 
     def _live_producer(self, deadline: float) -> kafka.KafkaProducer:
         """The producer to send with, replacing one that failed for good."""
