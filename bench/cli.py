@@ -109,10 +109,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 run.floor()
             if "kafka" in columns:
                 run.replies_kafka()
+                run.replies_kafka(quiet=True)
             if "faust" in columns:
                 run.faust()
             if "memory" in columns:
                 run.replies_memory()
+            run.share_references()
             run.meta["seconds"] = round(time.monotonic() - measured, 1)
         except KeyboardInterrupt as exc:
             log(f"interrupted ({exc or 'Ctrl-C'}): cleaning up")

@@ -75,6 +75,12 @@ def make_rows(sizes: Sizes) -> Dict[str, Row]:
         Row("start", "start to first reply", "s", "lower", 3),
         Row("rss_client", "RSS growth over n asks, asking process", "MiB", "lower", 1),
         Row("rss_worker", "RSS growth over n asks, worker process", "MiB", "lower", 1),
+        # The same rows with the worker at `--loglevel warning`: no log line
+        # per request (the floor and Faust write none); their floor and
+        # Faust cells are those of the rows above.
+        Row("ask_p50_quiet", "sequential ask p50, worker --loglevel warning", "ms", "lower"),
+        Row("join_quiet", f"join of {join}, worker --loglevel warning", "replies/s", "higher", 0),
+        Row("map_quiet", f"map of {join}, worker --loglevel warning", "replies/s", "higher", 0),
     ]
     return {row.key: row for row in rows}
 
@@ -89,6 +95,10 @@ def failed(exc: BaseException, seconds: Optional[float] = None) -> Cell:
     if isinstance(exc, TimeoutError):
         return Cell(status="timeout", seconds=seconds, note=f"no result within {seconds or ASK_TIMEOUT:.0f} s: {exc}")
     return Cell(status="error", note=f"{type(exc).__name__}: {exc}"[:300])
+
+
+#: Rows measured again with a quiet worker, and the rows they repeat.
+QUIET = {"ask_p50_quiet": "ask_p50", "join_quiet": "join", "map_quiet": "map"}
 
 
 def timed_sequential(ask: Callable[[int], Any], count: int) -> List[float]:
@@ -215,7 +225,7 @@ class Run:
         admin.create_topics([NewTopic(topic, 8, 1)])
         echo = self.process("floor-echo", [sys.executable, "-m", "bench.floor", "echo", "--bootstrap",
                                            self.bootstrap, "--topic", topic, "--group", group], self.env({}))
-        keys = list(self.rows)
+        keys = [k for k in self.rows if k not in QUIET]
         requester: Optional[Requester] = None
         try:
             log(f"floor: echo ready in {echo.wait_for_log([READY], READY_TIMEOUT):.1f} s")
@@ -257,24 +267,38 @@ class Run:
 
     # -- (b) replies with a worker process on Kafka ---------------------------
 
-    def replies_kafka(self) -> None:
+    def replies_kafka(self, quiet: bool = False) -> None:
+        """The library's rows with a worker process; with ``quiet``, only the
+        ``QUIET`` rows, the worker at ``--loglevel warning``."""
         import replies
 
         s = self.sizes
-        app_id = f"{self.run_id}-rk"
+        app_id = f"{self.run_id}-rk" + ("q" if quiet else "")
         broker = f"kafka://{self.bootstrap}"
-        worker = self.process("replies-worker", [sys.executable, "-m", "replies", "worker", "bench.agent:app"],
+        argv = [sys.executable, "-m", "replies", "worker", "bench.agent:app"]
+        worker = self.process("replies-worker" + ("-quiet" if quiet else ""),
+                              argv + (["--loglevel", "warning"] if quiet else []),
                               self.env({"BENCH_BROKER": broker, "BENCH_APP_ID": app_id}))
-        keys = list(self.rows)
+        keys = list(QUIET) if quiet else [k for k in self.rows if k not in QUIET]
         app: Optional[replies.App] = None
         try:
-            ready = worker.wait_for_log([f"serving agent double on topic {app_id}-double"], READY_TIMEOUT)
+            ready = worker.wait_for_log(
+                # A quiet worker logs nothing when it is ready: the probe tells.
+                [] if quiet else [f"serving agent double on topic {app_id}-double"], READY_TIMEOUT)
             # The worker logs that it serves before its group has partitions:
             # one answered ask from a throwaway App says it really serves.
             t = time.perf_counter()
             with replies.App(f"{self.run_id}-probe", broker=broker, reply_to_prefix=f"{self.run_id}-reply-",
                              request_timeout=READY_TIMEOUT) as probe:
-                check(2, probe.topic(f"{app_id}-double").ask(1))
+                deadline = time.monotonic() + READY_TIMEOUT
+                while True:
+                    try:
+                        check(2, probe.topic(f"{app_id}-double").ask(1))
+                        break
+                    except replies.NoRespondersError:  # its topic is not made yet
+                        if time.monotonic() > deadline or worker.proc.poll() is not None:
+                            raise
+                        time.sleep(0.1)
             log(f"replies on Kafka: worker logged ready in {ready:.1f} s, answered a probe in "
                 f"{time.perf_counter() - t:.1f} s more")
             started = time.perf_counter()
@@ -284,6 +308,9 @@ class Run:
             app.start()
             topic = app.topic(f"{app_id}-double")
             check(2, topic.ask(1))
+            if quiet:
+                self.quiet_rows(topic)
+                return
             self.put("start", "kafka", Cell(time.perf_counter() - started, 1, note=(
                 "App made and started (reply topic created), first ask answered")))
             self.library_rows("kafka", topic, worker.pid)
@@ -295,6 +322,38 @@ class Run:
                 with contextlib.suppress(Exception):
                     app.close(10)
             worker.stop()
+
+    def quiet_rows(self, topic: Any) -> None:
+        s = self.sizes
+        for i in range(s.warmup):
+            topic.ask(i)
+        topic.join(range(min(s.join, 200)), timeout=s.timeout)
+        p50, _ = latency_cells(timed_sequential(lambda i: check(2 * i, topic.ask(i)), s.asks))
+        self.put("ask_p50_quiet", "kafka", p50)
+        self.put("join_quiet", "kafka", self.rate(topic.join, s.join, ordered=True))
+        self.put("map_quiet", "kafka", self.rate(topic.map, s.join, ordered=False))
+        log(f"replies on Kafka, worker --loglevel warning: sequential ask p50 {p50.value:.2f} ms, join "
+            f"{self.rows['join_quiet'].cell('kafka').text(0)}, map "
+            f"{self.rows['map_quiet'].cell('kafka').text(0)} replies/s")
+
+    def rate(self, call: Callable[..., Any], count: int, *, ordered: bool) -> Cell:
+        """Replies per second of one ``join`` or ``map`` of ``count`` values."""
+        values = list(range(count))
+        t = time.perf_counter()
+        try:
+            got = call(values, timeout=self.sizes.timeout)
+            check([2 * v for v in values], got if ordered else sorted(got))
+            return Cell(count / (time.perf_counter() - t), count)
+        except TimeoutError as exc:
+            return failed(exc, self.sizes.timeout)
+
+    def share_references(self) -> None:
+        """Give the ``QUIET`` rows the floor and Faust cells of the rows they repeat."""
+        for quiet, base in QUIET.items():
+            for column in ("floor", "faust"):
+                cell = self.rows[base].cells.get(column)
+                if cell is not None and "kafka" in self.rows[quiet].cells:
+                    self.rows[quiet].cells[column] = cell
 
     def library_rows(self, column: str, topic: Any, worker_pid: Optional[int]) -> None:
         """The rows both library columns share; RSS rows only with a worker process."""
@@ -313,21 +372,9 @@ class Run:
         self.put("threads_p50", column, p50)
         self.put("threads_p99", column, p99)
         log(f"{name}: {THREADS} threads {rate:,.0f} asks/s")
-        values = list(range(s.join))
-        expected = [2 * v for v in values]
-        t = time.perf_counter()
-        try:
-            check(expected, topic.join(values, timeout=s.timeout))
-            self.put("join", column, Cell(s.join / (time.perf_counter() - t), s.join))
-        except TimeoutError as exc:
-            self.put("join", column, failed(exc, s.timeout))
+        self.put("join", column, self.rate(topic.join, s.join, ordered=True))
         log(f"{name}: join {self.rows['join'].cell(column).text(0)} replies/s")
-        t = time.perf_counter()
-        try:
-            check(sorted(expected), sorted(topic.map(values, timeout=s.timeout)))
-            self.put("map", column, Cell(s.join / (time.perf_counter() - t), s.join))
-        except TimeoutError as exc:
-            self.put("map", column, failed(exc, s.timeout))
+        self.put("map", column, self.rate(topic.map, s.join, ordered=False))
         log(f"{name}: map {self.rows['map'].cell(column).text(0)} replies/s")
         if worker_pid is None:
             return

@@ -24,7 +24,7 @@ EXPECTED = {
     "floor": {"ask_p50", "ask_p99", "threads_rate", "threads_p50", "threads_p99", "join", "map", "start"},
     "faust": {"ask_p50", "ask_p99", "join", "start"},
     "kafka": {"ask_p50", "ask_p99", "threads_rate", "threads_p50", "threads_p99", "join", "map", "start",
-              "rss_client", "rss_worker"},
+              "rss_client", "rss_worker", "ask_p50_quiet", "join_quiet", "map_quiet"},
     "memory": {"ask_p50", "ask_p99", "threads_rate", "threads_p50", "threads_p99", "join", "map"},
 }
 
@@ -62,6 +62,11 @@ def test_smoke_run_measures_every_row(kafka_bootstrap: str, tmp_path: Path) -> N
         ratio = rows[key]["ratios"]["kafka/floor"]
         value, floor = rows[key]["cells"]["kafka"]["value"], rows[key]["cells"]["floor"]["value"]
         assert ratio == pytest.approx(value / floor)
+    # The rows measured again with a quiet worker are compared with the same floor.
+    for quiet, base in (("ask_p50_quiet", "ask_p50"), ("join_quiet", "join"), ("map_quiet", "map")):
+        assert rows[quiet]["cells"]["floor"] == rows[base]["cells"]["floor"]
+        value = rows[quiet]["cells"]["kafka"]["value"]
+        assert rows[quiet]["ratios"]["kafka/floor"] == pytest.approx(value / rows[base]["cells"]["floor"]["value"])
     # Nothing of the run's is left on the broker.
     from kafka.admin import KafkaAdminClient
 
