@@ -73,6 +73,32 @@ def test_a_topic_created_just_after_the_send_began_is_not_refused(
             other.transport.delete_topic(topic)
 
 
+@pytest.mark.integration
+def test_a_topic_found_missing_is_refused_without_the_grace_until_it_exists(
+    kafka_bootstrap: str, kafka_client_settings: Any
+) -> None:
+    # A worker going through the backlog of a client that left meets its
+    # deleted reply topic once per record: waiting the grace each time
+    # would take a second per record.
+    app = replies.App("backlog", broker=f"kafka://{kafka_bootstrap}", **kafka_client_settings)
+    topic = f"gone-{uuid.uuid4().hex[:8]}"
+    with app:
+        with pytest.raises(replies.NoRespondersError):
+            app.transport.produce(topic, Message(None, b"0", []), timeout=10)
+        started = time.monotonic()
+        for n in range(20):
+            with pytest.raises(replies.NoRespondersError):
+                app.transport.produce(topic, Message(None, b"%d" % n, []), timeout=10)
+        # With the grace each, at least 20 s.
+        assert time.monotonic() - started < 10
+        # Once it exists, it is sent to at once.
+        app.transport.create_topic(topic)
+        try:
+            app.transport.produce(topic, Message(None, b"x", []), timeout=10).result(10)
+        finally:
+            app.transport.delete_topic(topic)
+
+
 def test_map_and_join_of_a_missing_topic_fail_at_once(make_app: MakeApp) -> None:
     app = make_app().start()
     nobody = app.topic(f"{app.id}-nobody")

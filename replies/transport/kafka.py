@@ -97,6 +97,13 @@ _AUTH_ERRORS = (
 MISSING_GRACE = 1.0
 #: Pause between two metadata requests while a topic looks missing.
 _MISSING_RETRY = 0.05
+#: For how long after a topic was found missing a send to it gets no grace
+#: (refused as soon as metadata still lacks it): a worker going through the
+#: backlog of a client that left (its reply topic deleted) would otherwise
+#: wait the grace for every record.
+MISSING_REMEMBERED = 10.0
+# Most topics remembered as missing; the memory is cleared when full.
+_MISSING_MAX = 10_000
 
 
 def check_settings(settings: Mapping[str, Any], also_known: Collection[str] = ()) -> None:
@@ -374,6 +381,9 @@ class KafkaTransport(Transport):
         # Topics the last metadata responses said are missing, with how
         # many said so in a row (the producer's IO thread only).
         self._missing_strikes: Dict[str, int] = {}
+        # Topics a send found missing, and when (any thread: single dict
+        # operations, and a race only looks a topic up once more).
+        self._missing_since: Dict[str, float] = {}
         self._producer = self._new_producer(deadline)
 
     def _new_producer(self, deadline: float) -> kafka.KafkaProducer:
@@ -571,7 +581,9 @@ class KafkaTransport(Transport):
         cannot tell a topic that does not exist from a broker that is slow
         to answer; so wait here with the caller's time, on the producer's
         own metadata, and refuse a topic that metadata responses have said
-        is missing for ``MISSING_GRACE`` seconds (or until the deadline).
+        is missing for ``MISSING_GRACE`` seconds (or until the deadline);
+        one found missing in the last ``MISSING_REMEMBERED`` seconds is
+        refused on the first response that still lacks it.
 
         Raises:
             NoRespondersError: the topic does not exist.
@@ -582,6 +594,12 @@ class KafkaTransport(Transport):
         cluster = producer._metadata
         if cluster.partitions_for_topic(topic) is not None:
             return
+        # A topic found missing lately is refused on the first metadata
+        # response that still lacks it: no grace.
+        found_missing = self._missing_since.get(topic)
+        grace = MISSING_GRACE
+        if found_missing is not None and time.monotonic() - found_missing < MISSING_REMEMBERED:
+            grace = 0.0
         sender = producer._sender
         covered = 0  # metadata responses that covered the topic
         missing_since: Optional[float] = None  # first response that lacked it
@@ -615,8 +633,8 @@ class KafkaTransport(Transport):
                 if (missing or covered >= 2) and cluster.topic_id(topic) is None:
                     now = time.monotonic()
                     missing_since = now if missing_since is None else missing_since
-                    if not self._auto_create and now - missing_since >= MISSING_GRACE:
-                        _untrack(cluster, topic)
+                    if not self._auto_create and now - missing_since >= grace:
+                        self._remember_missing(cluster, topic)
                         raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
                     time.sleep(max(0.0, min(_MISSING_RETRY, deadline - now)))
             elif isinstance(error, _AUTH_ERRORS):
@@ -628,11 +646,18 @@ class KafkaTransport(Transport):
                 ) from error
             if time.monotonic() >= deadline:
                 if missing_since is not None and not self._auto_create:
-                    _untrack(cluster, topic)
+                    self._remember_missing(cluster, topic)
                     raise NoRespondersError(f"topic {topic} does not exist", topic=topic)
                 raise TransportError(
                     f"no partitions for topic {topic} in time", topic=topic, cause="timeout"
                 )
+
+    def _remember_missing(self, cluster: Any, topic: str) -> None:
+        """Refuse ``topic`` at once for ``MISSING_REMEMBERED`` seconds."""
+        _untrack(cluster, topic)
+        if len(self._missing_since) >= _MISSING_MAX:
+            self._missing_since.clear()
+        self._missing_since[topic] = time.monotonic()
 
     def _fail_too_large(
         self, acked: Future[None], topic: str, size: int, exc: BaseException
