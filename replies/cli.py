@@ -31,7 +31,7 @@ from replies.errors import (
     ReplyTimeoutError,
     TransportError,
 )
-from replies.observe.logs import BatchingHandler, LogFormatter, buffered
+from replies.observe.logs import BatchingHandler, LogFormatter
 from replies.transport import check_broker, open_transport
 
 __all__ = ["main", "load_app", "EXIT_CODES"]
@@ -539,7 +539,7 @@ def _configure_logging(level: str, kafka_level: Optional[str], stream: IO[str]) 
     its info lines are connection chatter, not news. Lines are flushed in
     batches (see :mod:`replies.observe.logs`): a worker logs per request."""
     if not logging.root.handlers:  # as basicConfig: logging set up already stays
-        handler = BatchingHandler(buffered(stream))
+        handler = BatchingHandler(stream)
         handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
         logging.basicConfig(level=level.upper(), handlers=[handler])
     if kafka_level is None:

@@ -624,6 +624,23 @@ def test_the_worker_log_handler_flushes_warnings_at_once_and_info_soon() -> None
     assert not handler._flusher.is_alive()
 
 
+def test_the_worker_log_keeps_the_stream_it_was_given_open(tmp_path: Path) -> None:
+    # The handler writes through a buffered stream of its own onto the given
+    # stream's file descriptor: that stream must not be collected (closing it).
+    path = tmp_path / "worker.log"
+    code = (
+        "import gc, logging, sys\n"
+        "from replies.cli import _configure_logging\n"
+        "_configure_logging('info', None, open(sys.argv[1], 'w'))\n"
+        "gc.collect()\n"
+        "logging.getLogger('replies.x').info('kept')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert path.read_text().endswith("INFO MainThread replies.x: kept\n")
+
+
 def test_the_worker_log_handler_lets_a_process_exit() -> None:
     # logging.shutdown closes handlers holding their locks, which the
     # flushing thread may be waiting for.

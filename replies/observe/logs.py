@@ -55,13 +55,16 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     does :func:`logging.shutdown` at exit.
 
     Args:
-        stream: where to write; a stream that flushes by itself on every
-            newline (like ``sys.stderr``) should be given a buffered
-            stream of its own first (see :func:`buffered`).
+        stream: where to write. One with a file descriptor (like
+            ``sys.stderr``, which flushes on every newline) is written
+            through a buffered stream of this handler's own onto that
+            descriptor, and kept referenced so that the descriptor stays
+            open; one without (a ``StringIO``) is written as it is.
     """
 
     def __init__(self, stream: IO[str]) -> None:
-        super().__init__(stream)
+        super().__init__(_buffered(stream))
+        self._origin = stream
         self._dirty = threading.Event()
         self._closing = False
         self._flusher = threading.Thread(
@@ -106,7 +109,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 return
 
 
-def buffered(stream: IO[str]) -> IO[str]:
+def _buffered(stream: IO[str]) -> IO[str]:
     """A block-buffered text stream onto ``stream``'s file descriptor, or
     ``stream`` itself when it has none (a ``StringIO``)."""
     try:
