@@ -26,7 +26,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import Future
-from typing import Dict, List, Mapping, Optional, Set
+from typing import Callable, Dict, List, Mapping, Optional, Set
 
 from replies.core.codec import Message
 from replies.errors import NoRespondersError, TransportError
@@ -142,6 +142,34 @@ class MemoryBroker:
         waiting = self._waiting.get(topic)
         if waiting is not None:
             waiting.discard(waker)
+
+    def read_waiting(
+        self,
+        topic: str,
+        waker: "_Waker",
+        timeout: float,
+        take_locked: Callable[[], Optional[List[Record]]],
+        catch_up: Optional[Callable[[], None]] = None,
+    ) -> List[Record]:
+        """A reader's poll: what ``take_locked()`` returns (called under the
+        lock), waiting on ``waker`` up to ``timeout`` seconds for records of
+        ``topic``. ``take_locked`` returns None to be called again after
+        ``catch_up()`` (called outside the lock first, each time round)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if catch_up is not None:
+                catch_up()
+            with self.lock:
+                records = take_locked()
+                if records is None:
+                    continue
+                remaining = deadline - time.monotonic()
+                if records or remaining <= 0:
+                    return records
+                self.wait_locked(topic, waker)
+            if not waker.wait(remaining):
+                with self.lock:
+                    self.unwait_locked(topic, waker)
 
     def _take_wakers_locked(self, topic: Optional[str] = None) -> List["_Waker"]:
         """Unregister and return the wakers of ``topic`` (of all: None)."""
@@ -261,18 +289,7 @@ class _MemoryReplyReader(Reader):
             self._positions = [log.end for log in partitions]
 
     def poll(self, timeout: float) -> List[Record]:
-        deadline = time.monotonic() + timeout
-        broker = self._broker
-        while True:
-            with broker.lock:
-                records = self._take_locked()
-                remaining = deadline - time.monotonic()
-                if records or remaining <= 0:
-                    return records
-                broker.wait_locked(self._topic, self._waker)
-            if not self._waker.wait(remaining):
-                with broker.lock:
-                    broker.unwait_locked(self._topic, self._waker)
+        return self._broker.read_waiting(self._topic, self._waker, timeout, self._take_locked)
 
     def _take_locked(self) -> List[Record]:
         partitions = self._broker._partitions_locked(self._topic)
@@ -337,22 +354,16 @@ class _MemoryGroupReader(GroupReader):
     def poll(self, timeout: float) -> List[Record]:
         if self._member is None:
             raise TransportError("poll() on a closed group reader")
-        deadline = time.monotonic() + timeout
-        broker = self._broker
-        while True:
-            self._rebalance()
-            with broker.lock:
-                group = broker.groups[self._group_id]
-                if group.generation != self._generation:
-                    continue  # changed since: catch up first
-                records = [] if self._paused else self._take_locked()
-                remaining = deadline - time.monotonic()
-                if records or remaining <= 0:
-                    return records
-                broker.wait_locked(self._topic, self._waker)
-            if not self._waker.wait(remaining):
-                with broker.lock:
-                    broker.unwait_locked(self._topic, self._waker)
+        return self._broker.read_waiting(
+            self._topic, self._waker, timeout, self._take_current_locked, catch_up=self._rebalance
+        )
+
+    def _take_current_locked(self) -> Optional[List[Record]]:
+        """Records to serve, or None if the group changed since the last
+        rebalance (catch up first)."""
+        if self._broker.groups[self._group_id].generation != self._generation:
+            return None
+        return [] if self._paused else self._take_locked()
 
     def _take_locked(self) -> List[Record]:
         partitions = self._broker._partitions_locked(self._topic)
