@@ -1,10 +1,10 @@
 """Log output for ``python -m replies worker``: cheap enough per request.
 
-A worker logs two lines per request at INFO. Written the standard way
+A worker logs one line per request at INFO. Written the standard way
 (one ``write`` and ``flush`` per line, the time formatted anew each
-time) that costs more than serving a small request, largely because each
-flush is a system call that gives up the GIL in the middle of the
-handler's work. :class:`BatchingHandler` writes lines as they come but
+time), two such lines per request roughly halved a worker's throughput,
+largely because each flush is a system call that gives up the GIL in the
+middle of the handler's work. :class:`BatchingHandler` writes lines as they come but
 flushes at most every :data:`FLUSH_EVERY` seconds (a warning or worse at
 once, and everything on exit); :class:`LogFormatter` formats the time
 once per second.
