@@ -88,6 +88,26 @@ def test_loads_raises_decode_error(data: bytes) -> None:
     assert isinstance(info.value, ValueError) and isinstance(info.value, ReplyError)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"a": ["\u00e9", 1]}'.encode("utf-8"),
+        '{"a": ["\u00e9", 1]}'.encode("utf-8-sig"),
+        '{"a": ["\u00e9", 1]}'.encode("utf-16"),
+        '{"a": ["\u00e9", 1]}'.encode("utf-32-be"),
+        bytearray(b'{"a": ["\xc3\xa9", 1]}'),
+    ],
+)
+def test_loads_reads_every_encoding_json_allows(data: bytes) -> None:
+    # UTF-8 text takes a shorter path; the others must still be read.
+    assert Codec.loads(data) == {"a": ["\u00e9", 1]}
+
+
+def test_loads_keeps_lone_surrogates_as_json_does() -> None:
+    data = '["\ud800"]'.encode("utf-8", "surrogatepass")
+    assert Codec.loads(data) == json.loads(data) == ["\ud800"]
+
+
 def test_raw_serializer_passes_bytes_through() -> None:
     codec = Codec(value_serializer="raw")
     message = codec.encode_request(b"\xff\x00", reply_to=REPLY_TO, correlation_id=CID)

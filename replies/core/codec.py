@@ -106,6 +106,7 @@ _JSON_TYPES = (dict, list, tuple, str, int, float)
 # costs as much as encoding a small value. Thread-safe: it keeps no state
 # between calls.
 _encode_plain = json.JSONEncoder(separators=(",", ":")).encode
+_decode_text = json.JSONDecoder().decode
 
 # A legal Kafka topic name (Kafka's own rule): 1 to 249 of these characters,
 # and neither "." nor "..".
@@ -173,20 +174,31 @@ def _short(obj: object) -> str:
         return f"<{type(obj).__name__}>"
 
 
-def _header(headers: Sequence[Tuple[str, Optional[bytes]]], name: str) -> Optional[bytes]:
-    """The first value of header ``name``; ``b""`` for a null value.
+#: Headers by name, each with its first value: read once per record, then
+#: looked up (a record's headers are scanned once, not once per header).
+_Named = Dict[str, object]
+_ABSENT = object()
+
+
+def _named(headers: Sequence[Tuple[str, Optional[bytes]]]) -> _Named:
+    """Each header's first value, by name."""
+    return dict(reversed(headers))
+
+
+def _header(named: _Named, name: str) -> Optional[bytes]:
+    """The first value of header ``name`` (None if absent); ``b""`` for a null value.
 
     Raises:
         DecodeError: the value is neither bytes nor null.
     """
-    for key, value in headers:
-        if key == name:
-            if value is None:
-                return b""
-            if isinstance(value, (bytes, bytearray, memoryview)):
-                return bytes(value)
-            raise DecodeError(f"{name} header is not bytes: {type(value).__name__}")
-    return None
+    value = named.get(name, _ABSENT)
+    if value is _ABSENT:
+        return None
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise DecodeError(f"{name} header is not bytes: {type(value).__name__}")
 
 
 def _text(raw: Optional[bytes], what: str) -> Optional[str]:
@@ -220,11 +232,11 @@ def _address(reply_to: object, correlation_id: object) -> Tuple[Optional[str], O
     )
 
 
-def _header_address(headers: Headers) -> Tuple[Optional[str], Optional[str]]:
+def _header_address(named: _Named) -> Tuple[Optional[str], Optional[str]]:
     """The reply address from the request headers (see :func:`_address`)."""
     return _address(
-        _text(_header(headers, HEADER_REPLY_TO), HEADER_REPLY_TO),
-        _text(_header(headers, HEADER_CORRELATION_ID), HEADER_CORRELATION_ID),
+        _text(_header(named, HEADER_REPLY_TO), HEADER_REPLY_TO),
+        _text(_header(named, HEADER_CORRELATION_ID), HEADER_CORRELATION_ID),
     )
 
 
@@ -276,14 +288,14 @@ def echo_key(key: Optional[bytes]) -> Optional[str]:
     return None if key is None else str(key)
 
 
-def _partition_of(headers: Headers, name: str) -> Optional[int]:
+def _partition_of(named: _Named, name: str) -> Optional[int]:
     """The reply partition a request asks for (a 4-byte big-endian int), if any.
 
     A malformed one is ignored: the reply then goes where the producer puts
     it, which a caller reading the whole topic still gets.
     """
     try:
-        raw = _header(headers, name)
+        raw = _header(named, name)
     except DecodeError:
         return None
     if raw is None or len(raw) != 4:
@@ -433,6 +445,11 @@ class Codec:
                 decoder, or not bytes at all.
         """
         try:
+            if type(data) is bytes:
+                try:
+                    return _decode_text(data.decode("utf-8"))
+                except ValueError:
+                    pass  # json.loads below reads UTF-16/32 and BOMs, or names the error
             return json.loads(data)
         except RecursionError as exc:
             raise DecodeError(f"JSON nested too deeply: {bytes(data[:80])!r}...") from exc
@@ -563,16 +580,16 @@ class Codec:
         return [(SPRING_REPLY_TOPIC, reply_to.encode("utf-8")), (SPRING_CORRELATION_ID, cid)]
 
     def _decode_spring_request(
-        self, key: Optional[bytes], value: Optional[bytes], headers: Headers
+        self, key: Optional[bytes], value: Optional[bytes], named: _Named
     ) -> Request:
         """Read a request from a Spring caller (see :meth:`decode_request`)."""
-        deadline = _deadline_of(headers)
-        stream = _stream_of(headers)
-        partition = _partition_of(headers, SPRING_REPLY_PARTITION)
+        deadline = _deadline_of(named)
+        stream = _stream_of(named)
+        partition = _partition_of(named, SPRING_REPLY_PARTITION)
         try:
-            raw_cid = _header(headers, SPRING_CORRELATION_ID)
+            raw_cid = _header(named, SPRING_CORRELATION_ID)
             reply_to, correlation_id = _address(
-                _text(_header(headers, SPRING_REPLY_TOPIC), SPRING_REPLY_TOPIC),
+                _text(_header(named, SPRING_REPLY_TOPIC), SPRING_REPLY_TOPIC),
                 None if raw_cid is None else spring_correlation_text(raw_cid),
             )
         except DecodeError as exc:
@@ -606,19 +623,20 @@ class Codec:
                 ``None`` for both), so an agent can still send an error
                 reply where one can be sent.
         """
-        if any(name in (SPRING_CORRELATION_ID, SPRING_REPLY_TOPIC) for name, _ in headers):
-            return self._decode_spring_request(key, value, headers)
-        deadline = _deadline_of(headers)
-        stream = _stream_of(headers)
+        named = _named(headers)
+        if SPRING_CORRELATION_ID in named or SPRING_REPLY_TOPIC in named:
+            return self._decode_spring_request(key, value, named)
+        deadline = _deadline_of(named)
+        stream = _stream_of(named)
         try:
-            reply_to, correlation_id = _header_address(headers)
+            reply_to, correlation_id = _header_address(named)
         except DecodeError as exc:
             header_error: Optional[DecodeError] = exc
             reply_to = correlation_id = None
         else:
             header_error = None
 
-        partition = _partition_of(headers, HEADER_REPLY_PARTITION)
+        partition = _partition_of(named, HEADER_REPLY_PARTITION)
 
         def fail(error: DecodeError, to: Optional[str], cid: Optional[str]) -> DecodeError:
             error.request = Request(None, key, to, cid, deadline, stream, partition)
@@ -744,40 +762,41 @@ class Codec:
             DecodeError: not a ``@ReqRepResponse``-like JSON object with a
                 non-empty string correlation id, or malformed headers.
         """
-        if any(name == SPRING_CORRELATION_ID for name, _ in headers):
-            return self._decode_spring_reply(value, headers)
+        named = _named(headers)
+        if SPRING_CORRELATION_ID in named:
+            return self._decode_spring_reply(value, named)
         if value is None:
             raise DecodeError("reply record has no value")
         body = self.loads(value)
         cid = body.get("correlation_id") if isinstance(body, dict) else None
         if not isinstance(cid, str) or not cid:
             raise DecodeError(f"not a reply (no correlation_id): {bytes(value[:80])!r}")
-        if _header(headers, HEADER_ERROR) is not None:
+        if _header(named, HEADER_ERROR) is not None:
             return Reply(cid, None, error=_remote_error(body.get("value"), cid))
         return Reply(
             cid,
             body.get("value"),
-            more=_header(headers, HEADER_MORE) is not None,
-            end=_header(headers, HEADER_END) is not None,
+            more=_header(named, HEADER_MORE) is not None,
+            end=_header(named, HEADER_END) is not None,
         )
 
-    def _decode_spring_reply(self, value: Optional[bytes], headers: Headers) -> Reply:
+    def _decode_spring_reply(self, value: Optional[bytes], named: _Named) -> Reply:
         """Read a reply from a Spring listener (see :meth:`decode_reply_envelope`)."""
-        raw_cid = _header(headers, SPRING_CORRELATION_ID)
+        raw_cid = _header(named, SPRING_CORRELATION_ID)
         cid = spring_correlation_text(raw_cid) if raw_cid else ""
         if not cid:
             raise DecodeError("Spring reply with an empty kafka_correlationId")
-        fqcn = _header(headers, SPRING_EXCEPTION_FQCN)
+        fqcn = _header(named, SPRING_EXCEPTION_FQCN)
         if fqcn is not None:
-            message = _header(headers, SPRING_EXCEPTION_MESSAGE) or b""
+            message = _header(named, SPRING_EXCEPTION_MESSAGE) or b""
             return Reply(cid, None, error=RemoteError(
                 fqcn.decode("utf-8", "replace"), message.decode("utf-8", "replace"), correlation_id=cid
             ))
         return Reply(
             cid,
             _spring_value(value, self.value_serializer == "raw"),
-            more=_header(headers, HEADER_MORE) is not None,
-            end=_header(headers, HEADER_END) is not None,
+            more=_header(named, HEADER_MORE) is not None,
+            end=_header(named, HEADER_END) is not None,
         )
 
     def decode_reply_value(self, reply: Reply) -> Reply:
@@ -831,9 +850,9 @@ def _is_record(obj: Any) -> bool:
     return _namespace(obj) is not None
 
 
-def _deadline_of(headers: Headers) -> Optional[float]:
+def _deadline_of(named: _Named) -> Optional[float]:
     try:
-        raw = _header(headers, HEADER_DEADLINE)
+        raw = _header(named, HEADER_DEADLINE)
         if raw is None:
             return None
         deadline = float(raw.decode("ascii"))
@@ -842,9 +861,9 @@ def _deadline_of(headers: Headers) -> Optional[float]:
     return deadline if math.isfinite(deadline) else None
 
 
-def _stream_of(headers: Headers) -> bool:
+def _stream_of(named: _Named) -> bool:
     try:
-        return _header(headers, HEADER_STREAM) is not None
+        return _header(named, HEADER_STREAM) is not None
     except DecodeError:
         return True  # present, with a value of the wrong type
 
