@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Collection, List
 
+import pytest
+
 from replies.core.codec import Message
 from replies.transport.base import TopicPartition
 from replies.transport.memory import MemoryBroker, MemoryTransport
@@ -85,3 +87,21 @@ def test_brokers_are_shared_by_name_only() -> None:
     name = str(uuid.uuid4())
     assert MemoryTransport(name).broker is MemoryTransport(name).broker
     assert MemoryTransport(name).broker is not transport().broker
+
+
+def test_an_acknowledgement_runs_callbacks_at_once_and_only_logs_their_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = MemoryTransport(f"acks-{uuid.uuid4().hex}", auto_create_topics=True)
+    acks = [transport.produce("t", Message(None, b"v", [])) for _ in range(2)]
+    assert all(ack.done() and ack.result() is None and ack.exception() is None for ack in acks)
+    seen: List[object] = []
+    acks[0].add_done_callback(seen.append)
+
+    def broken(_: object) -> None:
+        raise RuntimeError("callback bug")
+
+    acks[1].add_done_callback(broken)  # logged, as concurrent.futures does, not raised
+    acks[1].add_done_callback(seen.append)
+    assert seen == [acks[0], acks[1]]
+    assert "callback bug" in caplog.text

@@ -22,6 +22,7 @@ records the previous owner had not committed: delivery is at least once.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import zlib
@@ -44,11 +45,38 @@ from replies.transport.base import (
 __all__ = ["MemoryBroker", "MemoryTransport"]
 
 
-#: The acknowledgement of every record appended: one completed future,
-#: shared (a done future only answers questions), which saves making one
-#: per record.
-_ACKED: Future[None] = Future()
-_ACKED.set_result(None)
+class _Acked(Future):  # type: ignore[type-arg]
+    """The acknowledgement of every record appended: done from the start.
+
+    One is shared by every producing thread, which saves making one per
+    record. A done future never changes, so nothing here takes the
+    future's lock: shared, that lock was contended by every thread that
+    produced.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_result(None)
+
+    def add_done_callback(self, fn: Callable[[Future], object]) -> None:  # type: ignore[type-arg]
+        try:
+            fn(self)
+        except Exception:  # as Future does: a callback's error is only logged
+            logging.getLogger("concurrent.futures").exception(
+                "exception calling callback for %r", self
+            )
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: Optional[float] = None) -> None:
+        return None
+
+    def exception(self, timeout: Optional[float] = None) -> None:
+        return None
+
+
+_ACKED = _Acked()
 
 
 class _Waker:
@@ -154,20 +182,20 @@ class MemoryBroker:
         """A reader's poll: what ``take_locked()`` returns (called under the
         lock), waiting on ``waker`` up to ``timeout`` seconds for records of
         ``topic``. ``take_locked`` returns None to be called again after
-        ``catch_up()`` (called outside the lock first, each time round)."""
+        ``catch_up()`` (called outside the lock)."""
         deadline = time.monotonic() + timeout
         while True:
-            if catch_up is not None:
-                catch_up()
             with self.lock:
                 records = take_locked()
-                if records is None:
-                    continue
-                remaining = deadline - time.monotonic()
-                if records or remaining <= 0:
-                    return records
-                self.wait_locked(topic, waker)
-            if not waker.wait(remaining):
+                if records is not None:
+                    remaining = deadline - time.monotonic()
+                    if records or remaining <= 0:
+                        return records
+                    self.wait_locked(topic, waker)
+            if records is None:
+                assert catch_up is not None
+                catch_up()
+            elif not waker.wait(remaining):
                 with self.lock:
                     self.unwait_locked(topic, waker)
 
@@ -369,6 +397,8 @@ class _MemoryGroupReader(GroupReader):
         partitions = self._broker._partitions_locked(self._topic)
         taken: List[Record] = []
         for index, position in self._positions.items():
+            if position >= partitions[index].end:
+                continue
             batch = partitions[index].read(position, self._max_records - len(taken))
             taken += batch
             if batch:
