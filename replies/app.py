@@ -613,11 +613,15 @@ class App:
     def _produce(
         self, topic: str, message: Message, timeout: Optional[float] = None
     ) -> Future[None]:
+        return self._sending_transport(timeout).produce(topic, message, timeout=timeout)
+
+    def _sending_transport(self, timeout: Optional[float] = None) -> Transport:
+        """The transport to produce with, starting the App on first use."""
         transport = self._transport  # see _reply_consumer: no _check_process()
         if transport is None:
             with self._locked_for_lazy_start(timeout):
                 transport = self._transport_locked()
-        return transport.produce(topic, message, timeout=timeout)
+        return transport
 
     @contextlib.contextmanager
     def _locked_for_lazy_start(self, timeout: Optional[float]) -> Iterator[None]:

@@ -408,9 +408,17 @@ class Topic:
         if observer is not None and not isinstance(waiter, CountedBarrier):
             observer.watch(observer.topic(self.topic_name), waiter)
         consumer.add(cid, waiter)
+
+        def on_done(error: Optional[BaseException]) -> None:
+            if error is not None:
+                consumer.table.discard(cid)
+                waiter.reject(cid, error)
+
         try:
             try:
-                acked = app._produce(self.topic_name, message, timeout=seconds)
+                app._sending_transport(seconds).produce_then(
+                    self.topic_name, message, on_done, timeout=seconds
+                )
             except NoRespondersError as exc:
                 raise NoRespondersError(
                     f"nobody serves topic {self.topic_name}: it does not exist. Is a "
@@ -423,14 +431,6 @@ class Topic:
             raise
         if observer is not None:
             observer.sent(self.topic_name, cid)
-
-        def on_acked(future: Future[None]) -> None:
-            error = future.exception()
-            if error is not None:
-                consumer.table.discard(cid)
-                waiter.reject(cid, error)
-
-        acked.add_done_callback(on_acked)
 
     def _send_all(
         self, items: Iterable[Tuple[Any, Any]], timeout: Timeout

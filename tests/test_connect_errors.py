@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
 import replies
+from replies.core.codec import Message
 from replies.transport.kafka import check_connection
 from tests.kafka.harness import KafkaCluster, SecureAccess, free_ports
 
@@ -120,9 +121,19 @@ def test_close_and_start_with_the_broker_stopped() -> None:
             broker.stop()
             # The topic's metadata is known: these wait in the producer's buffer.
             pending += [topic.ask_nowait(i) for i in range(1, 6)]
+            record = Message(None, b"raw", [])
+            acked = app.transport.produce("closing-nobody", record)
+            fates: List[Optional[BaseException]] = []
+            app.transport.produce_then("closing-nobody", record, fates.append)
+            with pytest.raises(replies.TransportError, match="7 records not acknowledged") as late:
+                app.transport.flush(0.5)
+            assert late.value.cause == "timeout" and not acked.done() and not fates
             assert _bounded(lambda: app.close(timeout=5), bound=20) is None
             for promise in pending:
                 assert isinstance(promise.exception(timeout=5), replies.ReplyError)
+            # Each record unsent is failed once, whether it has a future or a callback.
+            assert isinstance(acked.exception(timeout=5), replies.TransportError)
+            assert len(fates) == 1 and isinstance(fates[0], replies.TransportError)
         finally:
             app.close(timeout=1)
         error = _start_error(broker=f"kafka://{broker.bootstrap_servers}", connect_timeout=2)

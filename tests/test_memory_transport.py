@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Collection, List
 
-import pytest
-
 from replies.core.codec import Message
 from replies.transport.base import TopicPartition
+from replies.errors import TransportError
 from replies.transport.memory import MemoryBroker, MemoryTransport
 
 
@@ -89,19 +88,15 @@ def test_brokers_are_shared_by_name_only() -> None:
     assert MemoryTransport(name).broker is not transport().broker
 
 
-def test_an_acknowledgement_runs_callbacks_at_once_and_only_logs_their_errors(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+
+def test_a_record_is_acknowledged_before_produce_returns() -> None:
     transport = MemoryTransport(f"acks-{uuid.uuid4().hex}", auto_create_topics=True)
-    acks = [transport.produce("t", Message(None, b"v", [])) for _ in range(2)]
-    assert all(ack.done() and ack.result() is None and ack.exception() is None for ack in acks)
-    seen: List[object] = []
-    acks[0].add_done_callback(seen.append)
-
-    def broken(_: object) -> None:
-        raise RuntimeError("callback bug")
-
-    acks[1].add_done_callback(broken)  # logged, as concurrent.futures does, not raised
-    acks[1].add_done_callback(seen.append)
-    assert seen == [acks[0], acks[1]]
-    assert "callback bug" in caplog.text
+    fates: List[object] = []
+    transport.produce_then("t", Message(None, b"v", []), fates.append)
+    assert fates == [None]
+    assert transport.produce("t", Message(None, b"v", [])).result(timeout=0) is None
+    transport.create_topic("small", config={"max.message.bytes": "10"})
+    transport.produce_then("small", Message(None, b"x" * 11, []), fates.append)
+    refused = transport.produce("small", Message(None, b"x" * 11, []))
+    assert isinstance(fates[1], TransportError) and fates[1].cause == "too_large"
+    assert isinstance(refused.exception(timeout=0), TransportError)

@@ -268,14 +268,14 @@ def test_a_reply_that_cannot_be_sent_is_counted_and_committed(make_app: MakeApp)
     echo, calls = recording_echo(app)
     app.start().serve()
     transport = app.transport
-    real_produce = transport.produce
+    real_produce = transport.produce_then
 
-    def produce_failing_replies(topic: str, message: Message, **options: Any) -> Any:
+    def produce_failing_replies(topic: str, message: Message, *args: Any, **options: Any) -> Any:
         if topic == app.reply_to and b"lost reply" in (message.value or b""):
             raise replies.TransportError("the broker is gone (simulated)")
-        return real_produce(topic, message, **options)
+        return real_produce(topic, message, *args, **options)
 
-    transport.produce = produce_failing_replies  # type: ignore[method-assign]
+    transport.produce_then = produce_failing_replies  # type: ignore[method-assign]
     echo.ask_nowait("lost reply")
     assert calls.get(timeout=20) == "lost reply"
     worker = app._workers[0]

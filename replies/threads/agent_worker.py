@@ -68,7 +68,6 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from concurrent.futures import Future
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -727,19 +726,10 @@ class AgentWorker:
         else (if the broker fails it) as a follow-up on a handler thread.
         ``counter`` is counted once the broker acknowledged the record.
         """
-        try:
-            if not _LEGAL_TOPIC.match(topic):
-                raise ValueError(f"{topic!r} is not a legal topic name")
-            ack = self.app.transport.produce(topic, message, timeout=REPLY_SEND_TIMEOUT)
-        except Exception as exc:
-            on_failure(exc)
-            return False
-        job.hold()
 
-        def on_ack(done: Future[None]) -> None:
+        def on_done(error: Optional[BaseException]) -> None:
             # On a transport thread: never block here.
             try:
-                error = done.exception()
                 if error is not None:
                     self._follow_up(job, on_failure, error)
                 elif counter is not None:
@@ -747,7 +737,15 @@ class AgentWorker:
             finally:
                 job.release()
 
-        ack.add_done_callback(on_ack)
+        job.hold()  # before sending: on memory://, on_done runs at once
+        try:
+            if not _LEGAL_TOPIC.match(topic):
+                raise ValueError(f"{topic!r} is not a legal topic name")
+            self.app.transport.produce_then(topic, message, on_done, timeout=REPLY_SEND_TIMEOUT)
+        except Exception as exc:
+            job.release()
+            on_failure(exc)
+            return False
         return True
 
     def _follow_up(

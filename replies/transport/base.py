@@ -6,6 +6,9 @@ notebooks and tests). Both are used the same way:
 
 - :meth:`Transport.produce` is thread-safe and returns a future that
   completes once the broker acknowledged the record;
+  :meth:`Transport.produce_then` calls a function instead, which saves
+  making a future per record on the hot paths (a future costs about as
+  much as kafka-python's own send);
 - a :class:`Reader` belongs to one thread (the one that polls it); a reply
   reader is assigned every partition of its topic and positioned at the end
   before :meth:`Transport.reply_reader` returns; a :class:`GroupReader` is a
@@ -15,7 +18,8 @@ notebooks and tests). Both are used the same way:
 from __future__ import annotations
 
 import abc
-from concurrent.futures import Future
+import functools
+from concurrent.futures import Future, InvalidStateError
 from typing import Callable, Collection, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from replies.core.codec import Headers, Message
@@ -27,6 +31,7 @@ __all__ = [
     "Transport",
     "TopicPartition",
     "RevokeCallback",
+    "OnDone",
     "ReaderGroup",
     "TopicReaders",
 ]
@@ -36,6 +41,11 @@ TopicPartition = Tuple[str, int]
 #: Called with the partitions a group reader lost in a rebalance. It may run
 #: on a transport thread (kafka-python's IO thread), so it must not block.
 RevokeCallback = Callable[[Collection[TopicPartition]], None]
+
+#: Called once with a produced record's fate: None when the broker
+#: acknowledged it, else the error that failed it. It may run on a
+#: transport thread (kafka-python's IO thread), so it must not block.
+OnDone = Callable[[Optional[BaseException]], None]
 
 
 class Record(NamedTuple):
@@ -129,7 +139,6 @@ class Transport(abc.ABC):
     the thread that owns them.
     """
 
-    @abc.abstractmethod
     def produce(
         self, topic: str, message: Message, *, timeout: Optional[float] = None
     ) -> Future[None]:
@@ -156,6 +165,24 @@ class Transport(abc.ABC):
             TransportError: the record could not be queued: no metadata in
                 time (``cause="timeout"``), too large for the client
                 (``cause="too_large"``), or the transport is closed.
+        """
+        acked: Future[None] = Future()
+        self.produce_then(topic, message, functools.partial(_complete, acked), timeout=timeout)
+        return acked
+
+    @abc.abstractmethod
+    def produce_then(
+        self, topic: str, message: Message, on_done: OnDone, *, timeout: Optional[float] = None
+    ) -> None:
+        """Send a record as :meth:`produce` does; call ``on_done`` with its fate.
+
+        ``on_done(None)`` once the broker acknowledged the record, or
+        ``on_done(error)`` with the error :meth:`produce`'s future would
+        hold; exactly once, on a transport thread or, on ``memory://``,
+        before this returns.
+
+        Raises:
+            as :meth:`produce`; then ``on_done`` is never called.
         """
 
     @abc.abstractmethod
@@ -241,3 +268,14 @@ class Transport(abc.ABC):
             TransportError: the broker could not be asked.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot describe readers")
+
+
+def _complete(acked: Future[None], error: Optional[BaseException]) -> None:
+    """Settle :meth:`Transport.produce`'s future (unless its caller cancelled it)."""
+    try:
+        if error is None:
+            acked.set_result(None)
+        else:
+            acked.set_exception(error)
+    except InvalidStateError:
+        pass  # cancelled by whoever holds it

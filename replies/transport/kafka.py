@@ -9,16 +9,27 @@ errors are re-raised as :class:`TransportError` with the cause chained.
 
 from __future__ import annotations
 
-import concurrent.futures
 import difflib
+import itertools
 import logging
 import socket
 import ssl
 import struct
 import threading
 import time
-from concurrent.futures import Future
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
 
 import kafka
 import kafka.errors
@@ -35,6 +46,7 @@ from replies.core.codec import Message
 from replies.errors import NoRespondersError, TransportError
 from replies.transport.base import (
     GroupReader,
+    OnDone,
     Reader,
     Record,
     ReaderGroup,
@@ -335,6 +347,9 @@ class KafkaTransport(Transport):
     acknowledged are tracked in ``_pending`` (under ``_pending_lock``) so
     that :meth:`flush` and :meth:`close` keep their timeouts, which
     kafka-python's do not (its ``close`` raises when its flush times out).
+    Whichever thread takes a record out of ``_pending`` (its acknowledgement,
+    its failure, :meth:`close`, or the news that its topic was deleted)
+    calls its ``on_done``: once.
     """
 
     def __init__(
@@ -374,10 +389,15 @@ class KafkaTransport(Transport):
         # Guards `_producer` (replaced after a fatal error) and `_closed`.
         self._producer_lock = threading.Lock()
         self._closed = False
-        # Guards `_pending`: acknowledgement futures not yet done, with
-        # the topic of each.
+        # Guards `_pending` (kafka-python's future of each record not
+        # settled yet -> its number, topic and on_done) and `_flushes`.
         self._pending_lock = threading.Lock()
-        self._pending: Dict[Future[None], str] = {}
+        self._pending: Dict[Any, _Pending] = {}
+        self._numbers = itertools.count()
+        # flush() calls waiting, notified when the last record each waits
+        # for is settled.
+        self._flushes: List[_Flush] = []
+        self._flushed = threading.Condition(self._pending_lock)
         # Topics the last metadata responses said are missing, with how
         # many said so in a row (the producer's IO thread only).
         self._missing_strikes: Dict[str, int] = {}
@@ -426,9 +446,12 @@ class KafkaTransport(Transport):
         _untrack(cluster, gone)
         _drop_empty_queues(accumulator, gone)
         with self._pending_lock:
-            lost = [(acked, topic) for acked, topic in self._pending.items() if topic in gone]
-        for acked, topic in lost:
-            _settle(acked, NoRespondersError(f"topic {topic} does not exist (deleted)", topic=topic))
+            lost = [sent for sent, pending in self._pending.items() if pending.topic in gone]
+        for sent in lost:
+            pending = self._take_pending(sent)
+            if pending is not None:
+                error = NoRespondersError(f"topic {pending.topic} does not exist (deleted)", topic=pending.topic)
+                _call(pending.on_done, error)
 
     def _consumer(self, **config: Any) -> kafka.KafkaConsumer:
         merged = {**_pick(self._settings, _CONSUMER - {"allow_auto_create_topics"}), **config}
@@ -470,9 +493,14 @@ class KafkaTransport(Transport):
 
     # -- producing ----------------------------------------------------------
 
-    def produce(
-        self, topic: str, message: Message, *, timeout: Optional[float] = None
-    ) -> Future[None]:
+    def produce_then(
+        self,
+        topic: str,
+        message: Message,
+        on_done: OnDone,
+        *,
+        timeout: Optional[float] = None,
+    ) -> None:
         deadline = time.monotonic() + (self._max_block if timeout is None else timeout)
         producer = self._live_producer(deadline)
         self._await_partitions(producer, topic, deadline)
@@ -498,31 +526,42 @@ class KafkaTransport(Transport):
             if _authorization_failure(exc):
                 raise self._denied(exc, "WRITE", topic=topic) from exc
             raise TransportError(f"cannot send to {topic}: {exc}", topic=topic) from exc
-        acked: Future[None] = Future()
         with self._pending_lock:
-            self._pending[acked] = topic
+            self._pending[sent] = _Pending(next(self._numbers), topic, on_done)
         # Bound methods with arguments, not closures: this runs per record.
-        sent.add_callback(self._on_sent, acked)
-        sent.add_errback(self._on_send_error, acked, topic, message)
-        return acked
+        sent.add_callback(self._on_sent, sent)
+        sent.add_errback(self._on_send_error, sent, message)
 
-    def _on_sent(self, acked: Future[None], metadata: Any) -> None:
-        # On kafka-python's IO thread: never block here.
+    def _take_pending(self, sent: Any) -> Optional[_Pending]:
+        """Take a record out of ``_pending``: its ``on_done`` is the caller's
+        to call. None if another thread took it first."""
         with self._pending_lock:
-            self._pending.pop(acked, None)
-        _settle(acked, None)
+            pending = self._pending.pop(sent, None)
+            if pending is not None:
+                for flush in self._flushes:
+                    if pending.number <= flush.last:
+                        flush.left -= 1
+                        if not flush.left:
+                            self._flushed.notify_all()
+        return pending
 
-    def _on_send_error(
-        self, acked: Future[None], topic: str, message: Message, exc: BaseException
-    ) -> None:
+    def _on_sent(self, sent: Any, metadata: Any) -> None:
         # On kafka-python's IO thread: never block here.
-        with self._pending_lock:
-            self._pending.pop(acked, None)
+        pending = self._take_pending(sent)
+        if pending is not None:
+            _call(pending.on_done, None)
+
+    def _on_send_error(self, sent: Any, message: Message, exc: BaseException) -> None:
+        # On kafka-python's IO thread: never block here.
+        pending = self._take_pending(sent)
+        if pending is None:
+            return
+        topic = pending.topic
         if isinstance(exc, _SIZE_ERRORS):
             # Naming the limit takes an admin round trip.
             threading.Thread(
                 target=self._fail_too_large,
-                args=(acked, topic, _size(message), exc),
+                args=(pending.on_done, topic, _size(message), exc),
                 name="replies-producer-error",
                 daemon=True,
             ).start()
@@ -536,7 +575,7 @@ class KafkaTransport(Transport):
                 cause="closed" if self._closed else None,
             )
         error.__cause__ = exc
-        _settle(acked, error)
+        _call(pending.on_done, error)
 
     def _live_producer(self, deadline: float) -> kafka.KafkaProducer:
         """The producer to send with, replacing one that failed for good."""
@@ -659,9 +698,7 @@ class KafkaTransport(Transport):
             self._missing_since.clear()
         self._missing_since[topic] = time.monotonic()
 
-    def _fail_too_large(
-        self, acked: Future[None], topic: str, size: int, exc: BaseException
-    ) -> None:
+    def _fail_too_large(self, on_done: OnDone, topic: str, size: int, exc: BaseException) -> None:
         """Fail a record the broker refused for size, naming the limit."""
         try:
             limit: Optional[int] = self._topic_limit(topic)
@@ -687,7 +724,7 @@ class KafkaTransport(Transport):
                 cause="too_large",
             )
         error.__cause__ = exc
-        _settle(acked, error)
+        _call(on_done, error)
 
     def _topic_limit(self, topic: str) -> int:
         """The topic's effective ``max.message.bytes``: one admin round trip."""
@@ -697,15 +734,21 @@ class KafkaTransport(Transport):
         return int(found["topic"][topic]["max.message.bytes"]["value"])
 
     def flush(self, timeout: Optional[float] = None) -> None:
-        # Waits on the records' own futures: kafka-python's flush() applies
-        # its timeout to each batch in turn, not to the whole.
-        with self._pending_lock:
-            pending = list(self._pending)
-        _, late = concurrent.futures.wait(pending, timeout)
-        if late:
-            raise TransportError(
-                f"{len(late)} records not acknowledged within {timeout} s", cause="timeout"
-            )
+        # Waits for the records pending now to be settled: kafka-python's
+        # flush() applies its timeout to each batch in turn, not to the whole.
+        with self._flushed:
+            if not self._pending:
+                return
+            flush = _Flush(next(reversed(self._pending.values())).number, len(self._pending))
+            self._flushes.append(flush)
+            try:
+                if not self._flushed.wait_for(lambda: not flush.left, timeout):
+                    raise TransportError(
+                        f"{flush.left} records not acknowledged within {timeout} s",
+                        cause="timeout",
+                    )
+            finally:
+                self._flushes.remove(flush)
 
     # -- topics ---------------------------------------------------------------
 
@@ -853,14 +896,17 @@ class KafkaTransport(Transport):
         _shutdown(producer)
         with self._pending_lock:
             left = list(self._pending)
-        for acked in left:
-            _settle(
-                acked,
-                TransportError(
-                    "the transport closed before the broker acknowledged the record",
-                    cause="closed",
-                ),
-            )
+        for sent in left:
+            pending = self._take_pending(sent)
+            if pending is not None:
+                _call(
+                    pending.on_done,
+                    TransportError(
+                        "the transport closed before the broker acknowledged the record",
+                        cause="closed",
+                        topic=pending.topic,
+                    ),
+                )
         with self._admin_lock:
             if self._admin is not None:
                 self._admin.close()
@@ -1319,15 +1365,32 @@ def _wait_kafka(future: Any, timeout: float) -> bool:
     return done.wait(timeout)
 
 
-def _settle(acked: Future[None], error: Optional[BaseException]) -> None:
-    """Complete an acknowledgement future once; later outcomes are dropped."""
+class _Pending(NamedTuple):
+    """A record sent and not settled yet."""
+
+    #: Records are numbered in the order they were sent (for flush()).
+    number: int
+    topic: str
+    on_done: OnDone
+
+
+class _Flush:
+    """One :meth:`KafkaTransport.flush` waiting: for the records up to
+    number ``last``, of which ``left`` are not settled yet."""
+
+    __slots__ = ("last", "left")
+
+    def __init__(self, last: int, left: int) -> None:
+        self.last = last
+        self.left = left
+
+
+def _call(on_done: OnDone, error: Optional[BaseException]) -> None:
+    """Tell a producer of its record's fate; its error never reaches kafka-python."""
     try:
-        if error is None:
-            acked.set_result(None)
-        else:
-            acked.set_exception(error)
-    except concurrent.futures.InvalidStateError:
-        pass  # close() failed it first
+        on_done(error)
+    except Exception:
+        logger.exception("a produced record's on_done raised")
 
 
 def _size(message: Message) -> int:

@@ -22,17 +22,16 @@ records the previous owner had not committed: delivery is at least once.
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import time
 import zlib
-from concurrent.futures import Future
 from typing import Callable, Dict, List, Mapping, Optional, Set
 
 from replies.core.codec import Message
 from replies.errors import NoRespondersError, TransportError
 from replies.transport.base import (
     GroupReader,
+    OnDone,
     Reader,
     Record,
     ReaderGroup,
@@ -43,40 +42,6 @@ from replies.transport.base import (
 )
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
-
-
-class _Acked(Future):  # type: ignore[type-arg]
-    """The acknowledgement of every record appended: done from the start.
-
-    One is shared by every producing thread, which saves making one per
-    record. A done future never changes, so nothing here takes the
-    future's lock: shared, that lock was contended by every thread that
-    produced.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.set_result(None)
-
-    def add_done_callback(self, fn: Callable[[Future], object]) -> None:  # type: ignore[type-arg]
-        try:
-            fn(self)
-        except Exception:  # as Future does: a callback's error is only logged
-            logging.getLogger("concurrent.futures").exception(
-                "exception calling callback for %r", self
-            )
-
-    def done(self) -> bool:
-        return True
-
-    def result(self, timeout: Optional[float] = None) -> None:
-        return None
-
-    def exception(self, timeout: Optional[float] = None) -> None:
-        return None
-
-
-_ACKED = _Acked()
 
 
 class _Waker:
@@ -429,7 +394,8 @@ class _MemoryGroupReader(GroupReader):
 class MemoryTransport(Transport):
     """A transport to the process-wide :class:`MemoryBroker` of one name.
 
-    Records are acknowledged as soon as they are appended. A record to a
+    Records are acknowledged as soon as they are appended: ``on_done`` of
+    :meth:`produce_then` runs before it returns. A record to a
     topic that does not exist is refused with :class:`NoRespondersError`,
     unless ``auto_create_topics`` (then the topic is made, one partition).
     A record larger than its topic's ``max.message.bytes`` config (if one
@@ -442,9 +408,14 @@ class MemoryTransport(Transport):
         self._auto_create = auto_create_topics
         self._closed = False
 
-    def produce(
-        self, topic: str, message: Message, *, timeout: Optional[float] = None
-    ) -> Future[None]:
+    def produce_then(
+        self,
+        topic: str,
+        message: Message,
+        on_done: OnDone,
+        *,
+        timeout: Optional[float] = None,
+    ) -> None:
         if self._closed:
             raise TransportError("transport is closed", topic=topic, cause="closed")
         try:
@@ -452,10 +423,9 @@ class MemoryTransport(Transport):
         except NoRespondersError:
             raise
         except TransportError as exc:  # refused by the broker, as Kafka's ack would
-            refused: Future[None] = Future()
-            refused.set_exception(exc)
-            return refused
-        return _ACKED
+            on_done(exc)
+            return
+        on_done(None)
 
     def flush(self, timeout: Optional[float] = None) -> None:
         pass
