@@ -110,6 +110,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if "kafka" in columns:
                 run.replies_kafka()
                 run.replies_kafka(quiet=True)
+            if {"floor", "kafka"} <= columns:
+                run.by_turns()
             if "faust" in columns:
                 run.faust()
             if "memory" in columns:

@@ -1,9 +1,9 @@
 """One benchmark run: the phases, in order, each bounded by timeouts.
 
 Order: the floor (raw kafka-python), this library against a worker
-process on Kafka, Faust, then this library on ``memory://``. Each
-column's server process is stopped before the next column starts, so
-only one of them uses the CPU at a time. Everything started is recorded
+process on Kafka, the two by turns, Faust, then this library on
+``memory://``. Each phase's server processes are stopped before the next
+phase starts, so only the ones measured use the CPU. Everything started is recorded
 on an :class:`contextlib.ExitStack` and undone on the way out, also on
 Ctrl-C, SIGTERM or an error.
 """
@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
@@ -43,19 +44,24 @@ class Sizes:
     rss_budget: float  # ... unless this many seconds pass first
     timeout: float  # seconds for a join / map / burst / thread row
     faust_join_timeout: float  # seconds before Faust's join counts as a hang
+    rounds: int  # rounds of the floor and the library by turns
 
 
 SIZES = {
     "smoke": Sizes(warmup=5, asks=30, per_thread=5, join=200, faust_asks=20,
-                   rss_asks=500, rss_budget=10, timeout=30, faust_join_timeout=15),
+                   rss_asks=500, rss_budget=10, timeout=30, faust_join_timeout=15, rounds=2),
     "quick": Sizes(warmup=20, asks=200, per_thread=20, join=1_000, faust_asks=100,
-                   rss_asks=20_000, rss_budget=15, timeout=60, faust_join_timeout=15),
+                   rss_asks=20_000, rss_budget=15, timeout=60, faust_join_timeout=15, rounds=3),
     "full": Sizes(warmup=100, asks=1_000, per_thread=250, join=10_000, faust_asks=500,
-                  rss_asks=100_000, rss_budget=300, timeout=180, faust_join_timeout=120),
+                  rss_asks=100_000, rss_budget=300, timeout=180, faust_join_timeout=120, rounds=5),
 }
 
 ASK_TIMEOUT = 30.0
 READY_TIMEOUT = 90.0
+# A floor echo is ready in a second or two; one that is not after this
+# long is replaced, at most ECHO_ATTEMPTS times in all.
+ECHO_READY_TIMEOUT = 30.0
+ECHO_ATTEMPTS = 3
 
 
 def log(message: str) -> None:
@@ -81,6 +87,11 @@ def make_rows(sizes: Sizes) -> Dict[str, Row]:
         Row("ask_p50_quiet", "sequential ask p50, worker --loglevel warning", "ms", "lower"),
         Row("join_quiet", f"join of {join}, worker --loglevel warning", "replies/s", "higher", 0),
         Row("map_quiet", f"map of {join}, worker --loglevel warning", "replies/s", "higher", 0),
+        # The floor and the library (default worker) by turns: medians of
+        # the rounds, so that a machine whose speed drifts during the run
+        # tilts both columns alike.
+        Row("ask_p50_turns", f"sequential ask p50, by turns ({sizes.rounds} rounds)", "ms", "lower"),
+        Row("join_turns", f"join of {join}, by turns ({sizes.rounds} rounds)", "replies/s", "higher", 0),
     ]
     return {row.key: row for row in rows}
 
@@ -99,6 +110,8 @@ def failed(exc: BaseException, seconds: Optional[float] = None) -> Cell:
 
 #: Rows measured again with a quiet worker, and the rows they repeat.
 QUIET = {"ask_p50_quiet": "ask_p50", "join_quiet": "join", "map_quiet": "map"}
+#: Rows of the phase that measures the floor and the library by turns.
+TURNS = ("ask_p50_turns", "join_turns")
 
 
 def timed_sequential(ask: Callable[[int], Any], count: int) -> List[float]:
@@ -186,6 +199,7 @@ class Run:
         self.run_id = f"bench-{uuid.uuid4().hex[:6]}"
         self.rows = make_rows(self.sizes)
         self.meta: Dict[str, Any] = {}
+        self._admin: Any = None
 
     def put(self, key: str, column: str, cell: Cell) -> None:
         self.rows[key].cells[column] = cell
@@ -213,27 +227,72 @@ class Run:
 
     # -- (a) the floor --------------------------------------------------------
 
+    def start_echo(self, name: str) -> Tuple[Process, str]:
+        """A floor echo process serving a topic of its own; the topic.
+
+        Raises:
+            StartError: the echo did not start in time.
+        """
+        from kafka.admin import NewTopic
+
+        from bench.floor import READY
+
+        topic = f"{self.run_id}-{name}"
+        self.admin().create_topics([NewTopic(topic, 8, 1)])
+        argv = [sys.executable, "-m", "bench.floor", "echo", "--bootstrap", self.bootstrap, "--topic", topic,
+                "--group", f"{topic}-echo"]
+        attempt = 1
+        while True:
+            echo = self.process(f"{name}-echo" + (f"-{attempt}" if attempt > 1 else ""), argv, self.env({}))
+            try:
+                log(f"{name}: echo ready in {echo.wait_for_log([READY], ECHO_READY_TIMEOUT):.1f} s")
+                return echo, topic
+            except StartError as exc:
+                echo.stop()
+                if attempt == ECHO_ATTEMPTS:
+                    raise
+                # Seen now and then: kafka-python's consumer stays stuck
+                # looking for its group coordinator after joining.
+                log(f"{name}: {str(exc).splitlines()[0]}; starting another echo")
+                attempt += 1
+
+    def floor_requester(self, topic: str) -> Any:
+        """A floor requester of ``topic`` (its reply topic made first)."""
+        from kafka.admin import NewTopic
+
+        from bench.floor import Requester
+
+        reply_to = f"{topic}-reply"
+        self.admin().create_topics([NewTopic(reply_to, 1, 1)])
+        requester = Requester(self.bootstrap, topic, reply_to)
+        self.on_exit("close the floor requester", requester.close)
+        return requester
+
+    def admin(self) -> Any:
+        """The run's admin client (made on first use)."""
+        if self._admin is None:
+            from kafka.admin import KafkaAdminClient
+
+            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+            self.on_exit("close the admin client", self._admin.close)
+        return self._admin
+
+    def floor_rate(self, requester: Any) -> Cell:
+        """Replies per second of one pipelined burst through the floor."""
+        values = [str(i).encode() for i in range(self.sizes.join)]
+        t = time.perf_counter()
+        check(values, requester.join(values, self.sizes.timeout))
+        return Cell(self.sizes.join / (time.perf_counter() - t), self.sizes.join)
+
     def floor(self) -> None:
-        from kafka.admin import KafkaAdminClient, NewTopic
-
-        from bench.floor import READY, Requester
-
         s = self.sizes
-        topic, group = f"{self.run_id}-floor", f"{self.run_id}-floor-echo"
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        self.on_exit("close the admin client", admin.close)
-        admin.create_topics([NewTopic(topic, 8, 1)])
-        echo = self.process("floor-echo", [sys.executable, "-m", "bench.floor", "echo", "--bootstrap",
-                                           self.bootstrap, "--topic", topic, "--group", group], self.env({}))
-        keys = [k for k in self.rows if k not in QUIET]
-        requester: Optional[Requester] = None
+        keys = [k for k in self.rows if k not in QUIET and k not in TURNS]
+        echo: Optional[Process] = None
+        requester: Any = None
         try:
-            log(f"floor: echo ready in {echo.wait_for_log([READY], READY_TIMEOUT):.1f} s")
+            echo, topic = self.start_echo("floor")
             started = time.perf_counter()
-            reply_to = f"{self.run_id}-floor-reply"
-            admin.create_topics([NewTopic(reply_to, 1, 1)])
-            requester = Requester(self.bootstrap, topic, reply_to)
-            self.on_exit("close the floor requester", requester.close)
+            requester = self.floor_requester(topic)
             check(b"1", requester.ask(b"1", ASK_TIMEOUT))
             self.put("start", "floor", Cell(time.perf_counter() - started, 1, note=(
                 "reply topic created, producer and consumer made, first reply in")))
@@ -250,10 +309,7 @@ class Run:
             self.put("threads_p50", "floor", p50)
             self.put("threads_p99", "floor", p99)
             for key in ("join", "map"):
-                values = [str(i).encode() for i in range(s.join)]
-                t = time.perf_counter()
-                check(values, requester.join(values, s.timeout))
-                self.put(key, "floor", Cell(s.join / (time.perf_counter() - t), s.join))
+                self.put(key, "floor", self.floor_rate(requester))
             log(f"floor: pipelined {self.rows['join'].cells['floor'].value:,.0f} replies/s")
         except (Exception, StartError) as exc:
             log(f"floor: {type(exc).__name__}: {exc}")
@@ -261,7 +317,8 @@ class Run:
         finally:
             if requester is not None:
                 requester.close()  # its reply thread must not poll on during the other columns
-            echo.stop()
+            if echo is not None:
+                echo.stop()
         for key in ("rss_client", "rss_worker"):
             self.rows[key].cells.pop("floor", None)
 
@@ -274,38 +331,13 @@ class Run:
 
         s = self.sizes
         app_id = f"{self.run_id}-rk" + ("q" if quiet else "")
-        broker = f"kafka://{self.bootstrap}"
-        argv = [sys.executable, "-m", "replies", "worker", "bench.agent:app"]
-        worker = self.process("replies-worker" + ("-quiet" if quiet else ""),
-                              argv + (["--loglevel", "warning"] if quiet else []),
-                              self.env({"BENCH_BROKER": broker, "BENCH_APP_ID": app_id}))
-        keys = list(QUIET) if quiet else [k for k in self.rows if k not in QUIET]
+        keys = list(QUIET) if quiet else [k for k in self.rows if k not in QUIET and k not in TURNS]
+        worker: Optional[Process] = None
         app: Optional[replies.App] = None
         try:
-            ready = worker.wait_for_log(
-                # A quiet worker logs nothing when it is ready: the probe tells.
-                [] if quiet else [f"serving agent double on topic {app_id}-double"], READY_TIMEOUT)
-            # The worker logs that it serves before its group has partitions:
-            # one answered ask from a throwaway App says it really serves.
-            t = time.perf_counter()
-            with replies.App(f"{self.run_id}-probe", broker=broker, reply_to_prefix=f"{self.run_id}-reply-",
-                             request_timeout=READY_TIMEOUT) as probe:
-                deadline = time.monotonic() + READY_TIMEOUT
-                while True:
-                    try:
-                        check(2, probe.topic(f"{app_id}-double").ask(1))
-                        break
-                    except replies.NoRespondersError:  # its topic is not made yet
-                        if time.monotonic() > deadline or worker.proc.poll() is not None:
-                            raise
-                        time.sleep(0.1)
-            log(f"replies on Kafka: worker logged ready in {ready:.1f} s, answered a probe in "
-                f"{time.perf_counter() - t:.1f} s more")
+            worker = self.start_worker(app_id, quiet)
             started = time.perf_counter()
-            app = replies.App(f"{self.run_id}-client", broker=broker, reply_to_prefix=f"{self.run_id}-reply-",
-                              request_timeout=ASK_TIMEOUT)
-            self.on_exit(f"close App {app.id}", lambda: app.close(10))
-            app.start()
+            app = self.client(f"{self.run_id}-client")
             topic = app.topic(f"{app_id}-double")
             check(2, topic.ask(1))
             if quiet:
@@ -321,7 +353,119 @@ class Run:
             if app is not None:
                 with contextlib.suppress(Exception):
                     app.close(10)
-            worker.stop()
+            if worker is not None:
+                worker.stop()
+
+    def start_worker(self, app_id: str, quiet: bool = False) -> Process:
+        """A ``python -m replies worker`` serving ``bench.agent``, once it answers.
+
+        Raises:
+            StartError: the worker did not start in time.
+            replies.NoRespondersError: its topic was not made in time.
+        """
+        import replies
+
+        broker = f"kafka://{self.bootstrap}"
+        argv = [sys.executable, "-m", "replies", "worker", "bench.agent:app"]
+        worker = self.process(f"replies-worker-{app_id[len(self.run_id) + 1:]}",
+                              argv + (["--loglevel", "warning"] if quiet else []),
+                              self.env({"BENCH_BROKER": broker, "BENCH_APP_ID": app_id}))
+        ready = worker.wait_for_log(
+            # A quiet worker logs nothing when it is ready: the probe tells.
+            [] if quiet else [f"serving agent double on topic {app_id}-double"], READY_TIMEOUT)
+        # The worker logs that it serves before its group has partitions:
+        # one answered ask from a throwaway App says it really serves.
+        t = time.perf_counter()
+        with replies.App(f"{self.run_id}-probe", broker=broker, reply_to_prefix=f"{self.run_id}-reply-",
+                         request_timeout=READY_TIMEOUT) as probe:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while True:
+                try:
+                    check(2, probe.topic(f"{app_id}-double").ask(1))
+                    break
+                except replies.NoRespondersError:  # its topic is not made yet
+                    if time.monotonic() > deadline or worker.proc.poll() is not None:
+                        raise
+                    time.sleep(0.1)
+        log(f"replies on Kafka: worker {app_id} logged ready in {ready:.1f} s, answered a probe in "
+            f"{time.perf_counter() - t:.1f} s more")
+        return worker
+
+    def client(self, app_id: str) -> Any:
+        """A started App asking on the run's broker (closed when the run ends)."""
+        import replies
+
+        app = replies.App(app_id, broker=f"kafka://{self.bootstrap}", reply_to_prefix=f"{self.run_id}-reply-",
+                          request_timeout=ASK_TIMEOUT)
+        self.on_exit(f"close App {app.id}", lambda: app.close(10))
+        app.start()
+        return app
+
+    # -- (e) the floor and the library by turns ----------------------------------
+
+    def by_turns(self) -> None:
+        """Sequential asks and joins through the floor and through the library
+        (a worker process at default settings), by turns, round after round;
+        each column's cell is the median of its rounds. The other rows
+        measure one column after the other, minutes apart on a full run."""
+        s = self.sizes
+        echo: Optional[Process] = None
+        worker: Optional[Process] = None
+        requester: Any = None
+        app: Any = None
+        try:
+            echo, floor_topic = self.start_echo("turns-floor")
+            requester = self.floor_requester(floor_topic)
+            worker = self.start_worker(f"{self.run_id}-turns")
+            app = self.client(f"{self.run_id}-turns-client")
+            topic = app.topic(f"{self.run_id}-turns-double")
+            asks: Dict[str, Callable[[int], None]] = {
+                "floor": lambda i: check(str(i).encode(), requester.ask(str(i).encode(), ASK_TIMEOUT)),
+                "kafka": lambda i: check(2 * i, topic.ask(i)),
+            }
+            joins: Dict[str, Callable[[], Cell]] = {
+                "floor": lambda: self.floor_rate(requester),
+                "kafka": lambda: self.rate(topic.join, s.join, ordered=True),
+            }
+            for i in range(s.warmup):
+                for ask in asks.values():
+                    ask(i)
+            per_round = max(1, s.asks // s.rounds)
+            p50s: Dict[str, List[float]] = {"floor": [], "kafka": []}
+            rates: Dict[str, List[float]] = {"floor": [], "kafka": []}
+            for n in range(s.rounds):
+                # Each column goes first in every other round.
+                order = ("floor", "kafka") if n % 2 == 0 else ("kafka", "floor")
+                for column in order:
+                    p50s[column].append(percentile(timed_sequential(asks[column], per_round), 50) * 1000)
+                for column in order:
+                    cell = joins[column]()
+                    if cell.value is None:
+                        raise TimeoutError(cell.note)
+                    rates[column].append(cell.value)
+                log(f"by turns, round {n + 1}: ask p50 floor {p50s['floor'][-1]:.2f} ms, replies "
+                    f"{p50s['kafka'][-1]:.2f} ms; join floor {rates['floor'][-1]:,.0f}, replies "
+                    f"{rates['kafka'][-1]:,.0f} replies/s")
+            for key, figures, digits in (("ask_p50_turns", p50s, 2), ("join_turns", rates, 0)):
+                ratios = [k / f for k, f in zip(figures["kafka"], figures["floor"])]
+                for column, values in figures.items():
+                    self.put(key, column, Cell(statistics.median(values), len(values), note=(
+                        f"median of rounds {', '.join(f'{v:,.{digits}f}' for v in values)}"
+                        + (f"; replies/floor by round {', '.join(f'{r:.2f}' for r in ratios)}"
+                           if column == "kafka" else ""))))
+        except (Exception, StartError) as exc:
+            log(f"by turns: {type(exc).__name__}: {exc}")
+            for column in ("floor", "kafka"):
+                self.put_error(list(TURNS), column, exc, s.timeout)
+        finally:
+            if app is not None:
+                with contextlib.suppress(Exception):
+                    app.close(10)
+            if requester is not None:
+                requester.close()
+            for process in (worker, echo):
+                if process is not None:
+                    process.stop()
 
     def quiet_rows(self, topic: Any) -> None:
         s = self.sizes
