@@ -92,6 +92,8 @@ def make_rows(sizes: Sizes) -> Dict[str, Row]:
         # tilts both columns alike.
         Row("ask_p50_turns", f"sequential ask p50, by turns ({sizes.rounds} rounds)", "ms", "lower"),
         Row("join_turns", f"join of {join}, by turns ({sizes.rounds} rounds)", "replies/s", "higher", 0),
+        Row("ask_p50_turns_quiet", "sequential ask p50, by turns, worker --loglevel warning", "ms", "lower"),
+        Row("join_turns_quiet", f"join of {join}, by turns, worker --loglevel warning", "replies/s", "higher", 0),
     ]
     return {row.key: row for row in rows}
 
@@ -111,7 +113,7 @@ def failed(exc: BaseException, seconds: Optional[float] = None) -> Cell:
 #: Rows measured again with a quiet worker, and the rows they repeat.
 QUIET = {"ask_p50_quiet": "ask_p50", "join_quiet": "join", "map_quiet": "map"}
 #: Rows of the phase that measures the floor and the library by turns.
-TURNS = ("ask_p50_turns", "join_turns")
+TURNS = ("ask_p50_turns", "join_turns", "ask_p50_turns_quiet", "join_turns_quiet")
 
 
 def timed_sequential(ask: Callable[[int], Any], count: int) -> List[float]:
@@ -404,55 +406,53 @@ class Run:
     # -- (e) the floor and the library by turns ----------------------------------
 
     def by_turns(self) -> None:
-        """Sequential asks and joins through the floor and through the library
-        (a worker process at default settings), by turns, round after round;
-        each column's cell is the median of its rounds. The other rows
+        """Sequential asks and joins through the floor, the library with a
+        worker at default settings, and the library with a worker at
+        ``--loglevel warning``, by turns, round after round (each goes first
+        in turn); each cell is the median of its rounds. The other rows
         measure one column after the other, minutes apart on a full run."""
         s = self.sizes
-        echo: Optional[Process] = None
-        worker: Optional[Process] = None
+        processes: List[Process] = []
         requester: Any = None
         app: Any = None
         try:
             echo, floor_topic = self.start_echo("turns-floor")
+            processes.append(echo)
             requester = self.floor_requester(floor_topic)
-            worker = self.start_worker(f"{self.run_id}-turns")
-            app = self.client(f"{self.run_id}-turns-client")
-            topic = app.topic(f"{self.run_id}-turns-double")
             asks: Dict[str, Callable[[int], None]] = {
-                "floor": lambda i: check(str(i).encode(), requester.ask(str(i).encode(), ASK_TIMEOUT)),
-                "kafka": lambda i: check(2 * i, topic.ask(i)),
-            }
-            joins: Dict[str, Callable[[], Cell]] = {
-                "floor": lambda: self.floor_rate(requester),
-                "kafka": lambda: self.rate(topic.join, s.join, ordered=True),
-            }
+                "floor": lambda i: check(str(i).encode(), requester.ask(str(i).encode(), ASK_TIMEOUT))}
+            joins: Dict[str, Callable[[], Cell]] = {"floor": lambda: self.floor_rate(requester)}
+            app = self.client(f"{self.run_id}-turns-client")
+            for name, quiet in (("kafka", False), ("quiet", True)):
+                app_id = f"{self.run_id}-turns" + ("q" if quiet else "")
+                processes.append(self.start_worker(app_id, quiet))
+                asks[name], joins[name] = self.library_calls(app.topic(f"{app_id}-double"))
             for i in range(s.warmup):
                 for ask in asks.values():
                     ask(i)
             per_round = max(1, s.asks // s.rounds)
-            p50s: Dict[str, List[float]] = {"floor": [], "kafka": []}
-            rates: Dict[str, List[float]] = {"floor": [], "kafka": []}
+            p50s: Dict[str, List[float]] = {name: [] for name in asks}
+            rates: Dict[str, List[float]] = {name: [] for name in asks}
+            names = list(asks)
             for n in range(s.rounds):
-                # Each column goes first in every other round.
-                order = ("floor", "kafka") if n % 2 == 0 else ("kafka", "floor")
-                for column in order:
-                    p50s[column].append(percentile(timed_sequential(asks[column], per_round), 50) * 1000)
-                for column in order:
-                    cell = joins[column]()
+                order = names[n % len(names):] + names[:n % len(names)]
+                for name in order:
+                    p50s[name].append(percentile(timed_sequential(asks[name], per_round), 50) * 1000)
+                for name in order:
+                    cell = joins[name]()
                     if cell.value is None:
                         raise TimeoutError(cell.note)
-                    rates[column].append(cell.value)
-                log(f"by turns, round {n + 1}: ask p50 floor {p50s['floor'][-1]:.2f} ms, replies "
-                    f"{p50s['kafka'][-1]:.2f} ms; join floor {rates['floor'][-1]:,.0f}, replies "
-                    f"{rates['kafka'][-1]:,.0f} replies/s")
+                    rates[name].append(cell.value)
+                log(f"by turns, round {n + 1}: ask p50 (ms) " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in p50s.items())
+                    + "; join (replies/s) " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()))
             for key, figures, digits in (("ask_p50_turns", p50s, 2), ("join_turns", rates, 0)):
-                ratios = [k / f for k, f in zip(figures["kafka"], figures["floor"])]
-                for column, values in figures.items():
-                    self.put(key, column, Cell(statistics.median(values), len(values), note=(
-                        f"median of rounds {', '.join(f'{v:,.{digits}f}' for v in values)}"
-                        + (f"; replies/floor by round {', '.join(f'{r:.2f}' for r in ratios)}"
-                           if column == "kafka" else ""))))
+                for row, name in ((key, "kafka"), (f"{key}_quiet", "quiet")):
+                    ratios = ", ".join(f"{k / f:.2f}" for k, f in zip(figures[name], figures["floor"]))
+                    for column, values in (("floor", figures["floor"]), ("kafka", figures[name])):
+                        rounds = ", ".join(f"{v:,.{digits}f}" for v in values)
+                        self.put(row, column, Cell(statistics.median(values), len(values), note=(
+                            f"median of rounds {rounds}" + (f"; replies/floor by round {ratios}"
+                                                            if column == "kafka" else ""))))
         except (Exception, StartError) as exc:
             log(f"by turns: {type(exc).__name__}: {exc}")
             for column in ("floor", "kafka"):
@@ -463,9 +463,13 @@ class Run:
                     app.close(10)
             if requester is not None:
                 requester.close()
-            for process in (worker, echo):
-                if process is not None:
-                    process.stop()
+            for process in processes:
+                process.stop()
+
+    def library_calls(self, topic: Any) -> Tuple[Callable[[int], None], Callable[[], Cell]]:
+        """One checked ask of ``topic``, and one timed join of it."""
+        return (lambda i: check(2 * i, topic.ask(i)),
+                lambda: self.rate(topic.join, self.sizes.join, ordered=True))
 
     def quiet_rows(self, topic: Any) -> None:
         s = self.sizes

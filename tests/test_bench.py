@@ -22,11 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The cells each column must fill (the rest of the grid does not apply).
 EXPECTED = {
     "floor": {"ask_p50", "ask_p99", "threads_rate", "threads_p50", "threads_p99", "join", "map", "start",
-              "ask_p50_turns", "join_turns"},
+              "ask_p50_turns", "join_turns", "ask_p50_turns_quiet", "join_turns_quiet"},
     "faust": {"ask_p50", "ask_p99", "join", "start"},
     "kafka": {"ask_p50", "ask_p99", "threads_rate", "threads_p50", "threads_p99", "join", "map", "start",
               "rss_client", "rss_worker", "ask_p50_quiet", "join_quiet", "map_quiet", "ask_p50_turns",
-              "join_turns"},
+              "join_turns", "ask_p50_turns_quiet", "join_turns_quiet"},
     "memory": {"ask_p50", "ask_p99", "threads_rate", "threads_p50", "threads_p99", "join", "map"},
 }
 
