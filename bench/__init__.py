@@ -16,6 +16,11 @@ Columns, all measured in one run on one broker:
   ``python -m replies worker`` process, asked from this process;
 * replies on ``memory://``: the same agent served in this process.
 
+The "by turns" rows measure the floor and the library (its worker at
+default settings, and at ``--loglevel warning``) in alternation, round
+after round, and give each the median of its rounds: on a machine whose
+speed drifts, these ratios are the steadiest.
+
 Compare figures with each other (the ratio columns), not with another
 machine's.
 """

@@ -255,7 +255,7 @@ class Run:
                     raise
                 # Seen now and then: kafka-python's consumer stays stuck
                 # looking for its group coordinator after joining.
-                log(f"{name}: {str(exc).splitlines()[0]}; starting another echo")
+                log(f"{name}: {str(exc).splitlines()[0].rstrip(':')}; starting another echo")
                 attempt += 1
 
     def floor_requester(self, topic: str) -> Any:
