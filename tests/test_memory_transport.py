@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Collection, List
 
+import pytest
+
 from replies.core.codec import Message
 from replies.transport.base import TopicPartition
 from replies.errors import TransportError
@@ -100,3 +102,13 @@ def test_a_record_is_acknowledged_before_produce_returns() -> None:
     refused = transport.produce("small", Message(None, b"x" * 11, []))
     assert isinstance(fates[1], TransportError) and fates[1].cause == "too_large"
     assert isinstance(refused.exception(timeout=0), TransportError)
+
+
+def test_an_on_done_that_raises_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    transport = MemoryTransport(f"acks-{uuid.uuid4().hex}", auto_create_topics=True)
+
+    def broken(error: object) -> None:
+        raise RuntimeError("callback bug")
+
+    transport.produce_then("t", Message(None, b"v", []), broken)  # sent: not a failure to send
+    assert "callback bug" in caplog.text

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import logging
 from concurrent.futures import Future, InvalidStateError
 from typing import Callable, Collection, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -32,6 +33,7 @@ __all__ = [
     "TopicPartition",
     "RevokeCallback",
     "OnDone",
+    "call_on_done",
     "ReaderGroup",
     "TopicReaders",
 ]
@@ -179,7 +181,7 @@ class Transport(abc.ABC):
         ``on_done(None)`` once the broker acknowledged the record, or
         ``on_done(error)`` with the error :meth:`produce`'s future would
         hold; exactly once, on a transport thread or, on ``memory://``,
-        before this returns.
+        before this returns. What it raises is logged, not raised.
 
         Raises:
             as :meth:`produce`; then ``on_done`` is never called.
@@ -279,3 +281,13 @@ def _complete(acked: Future[None], error: Optional[BaseException]) -> None:
             acked.set_exception(error)
     except InvalidStateError:
         pass  # cancelled by whoever holds it
+
+
+def call_on_done(on_done: OnDone, error: Optional[BaseException]) -> None:
+    """Tell a producer of its record's fate. What ``on_done`` raises is
+    logged, never raised: it would reach kafka-python's IO thread, or look
+    like a failure to send."""
+    try:
+        on_done(error)
+    except Exception:
+        logging.getLogger(__name__).exception("a produced record's on_done raised")

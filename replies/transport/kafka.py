@@ -54,6 +54,7 @@ from replies.transport.base import (
     TopicPartition,
     TopicReaders,
     Transport,
+    call_on_done,
 )
 
 __all__ = ["KafkaTransport", "KAFKA_SETTINGS", "DEFAULT_CONNECT_TIMEOUT", "check_connection", "check_settings"]
@@ -450,8 +451,9 @@ class KafkaTransport(Transport):
         for sent in lost:
             pending = self._take_pending(sent)
             if pending is not None:
-                error = NoRespondersError(f"topic {pending.topic} does not exist (deleted)", topic=pending.topic)
-                _call(pending.on_done, error)
+                deleted = pending.topic
+                error = NoRespondersError(f"topic {deleted} does not exist (deleted)", topic=deleted)
+                call_on_done(pending.on_done, error)
 
     def _consumer(self, **config: Any) -> kafka.KafkaConsumer:
         merged = {**_pick(self._settings, _CONSUMER - {"allow_auto_create_topics"}), **config}
@@ -549,7 +551,7 @@ class KafkaTransport(Transport):
         # On kafka-python's IO thread: never block here.
         pending = self._take_pending(sent)
         if pending is not None:
-            _call(pending.on_done, None)
+            call_on_done(pending.on_done, None)
 
     def _on_send_error(self, sent: Any, message: Message, exc: BaseException) -> None:
         # On kafka-python's IO thread: never block here.
@@ -575,7 +577,7 @@ class KafkaTransport(Transport):
                 cause="closed" if self._closed else None,
             )
         error.__cause__ = exc
-        _call(pending.on_done, error)
+        call_on_done(pending.on_done, error)
 
     def _live_producer(self, deadline: float) -> kafka.KafkaProducer:
         """The producer to send with, replacing one that failed for good."""
@@ -724,7 +726,7 @@ class KafkaTransport(Transport):
                 cause="too_large",
             )
         error.__cause__ = exc
-        _call(on_done, error)
+        call_on_done(on_done, error)
 
     def _topic_limit(self, topic: str) -> int:
         """The topic's effective ``max.message.bytes``: one admin round trip."""
@@ -899,7 +901,7 @@ class KafkaTransport(Transport):
         for sent in left:
             pending = self._take_pending(sent)
             if pending is not None:
-                _call(
+                call_on_done(
                     pending.on_done,
                     TransportError(
                         "the transport closed before the broker acknowledged the record",
@@ -1385,12 +1387,6 @@ class _Flush:
         self.left = left
 
 
-def _call(on_done: OnDone, error: Optional[BaseException]) -> None:
-    """Tell a producer of its record's fate; its error never reaches kafka-python."""
-    try:
-        on_done(error)
-    except Exception:
-        logger.exception("a produced record's on_done raised")
 
 
 def _size(message: Message) -> int:

@@ -39,6 +39,7 @@ from replies.transport.base import (
     TopicPartition,
     TopicReaders,
     Transport,
+    call_on_done,
 )
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
@@ -418,14 +419,14 @@ class MemoryTransport(Transport):
     ) -> None:
         if self._closed:
             raise TransportError("transport is closed", topic=topic, cause="closed")
+        error: Optional[TransportError] = None
         try:
             self.broker.append(topic, message, create=self._auto_create)
         except NoRespondersError:
             raise
         except TransportError as exc:  # refused by the broker, as Kafka's ack would
-            on_done(exc)
-            return
-        on_done(None)
+            error = exc
+        call_on_done(on_done, error)
 
     def flush(self, timeout: Optional[float] = None) -> None:
         pass
