@@ -13,7 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, cast
 
 import kafka
 import pytest
@@ -78,7 +78,8 @@ def test_eight_clients_share_one_reply_topic_a_partition_each(
         assert proc.returncode == 0, err[-3000:]
         reports.append(json.loads(out.strip().splitlines()[-1]))
     for p, report in enumerate(reports):
-        assert report == {"partition": p, "right": ASKS, "assigned": [[p]], "unknown": 0}
+        assert {k: report[k] for k in ("partition", "right", "assigned")} == {
+            "partition": p, "right": ASKS, "assigned": [[p]]}
     # No client created or deleted a topic.
     assert _topics(kafka_bootstrap) == topics_before
     # Every reply sits in the partition of the client that asked for it.
@@ -89,9 +90,17 @@ def test_eight_clients_share_one_reply_topic_a_partition_each(
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         where: Counter[tuple[int, int]] = Counter()
+        numbers: Dict[int, Counter[int]] = {p: Counter() for p in range(CLIENTS)}
         for record in consumer:
-            codec_reply = echo_worker.codec.decode_reply(record.value, list(record.headers))
-            where[(record.partition, codec_reply.value["client"])] += 1
+            value = cast(Dict[str, int], echo_worker.codec.decode_reply(record.value, list(record.headers)).value)
+            where[(record.partition, value["client"])] += 1
+            numbers[record.partition][value["n"]] += 1
     finally:
         consumer.close()
-    assert where == Counter({(p, p): ASKS for p in range(CLIENTS)})
+    assert set(where) == {(p, p) for p in range(CLIENTS)}
+    for p in range(CLIENTS):
+        # A rebalance of the agent's group (seen on a loaded machine) can
+        # answer a request twice, at least once; the second answer goes to
+        # the same partition, and is all a client may read and drop.
+        assert set(numbers[p]) == set(range(ASKS))
+        assert reports[p]["unknown"] <= sum(numbers[p].values()) - ASKS, reports[p]
